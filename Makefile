@@ -1,0 +1,40 @@
+# The two commands the README names: `make demo` (set up + main job) and `make test`.
+# Set-up is idempotent: a venv in .venv, the CPU build of torch unless a torch is already there
+# (GPU users install their CUDA build into .venv first, see README), then this package.
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+TORCH_SPEC ?= torch==2.13.0
+
+.PHONY: setup demo test lint format bench clean
+
+$(VENV)/.installed: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install -q "$(TORCH_SPEC)"
+	$(PY) -m pip install -q -e ".[demo,dev]"
+	touch $@
+
+setup: $(VENV)/.installed
+
+demo: setup
+	$(VENV)/bin/streamloco simulate --config configs/demo.toml
+
+test: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/pytest
+
+lint: setup
+	$(VENV)/bin/ruff check .
+
+format: setup
+	$(VENV)/bin/ruff format .
+	$(VENV)/bin/ruff check --fix .
+
+bench: setup
+	$(PY) benchmarks/bench_codecs.py
+	$(PY) benchmarks/bench_outer_apply.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache .ruff_cache

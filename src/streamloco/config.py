@@ -1,0 +1,318 @@
+"""One typed config tree for every streamloco run.
+
+Sources, later ones win: the dataclass defaults below, a TOML file (``--config run.toml``), and
+dotted command-line overrides (``--outer.fragments=4``). Every field carries a one-line doc
+(``streamloco config --explain`` prints them). Validation happens once, at load time, and every
+error is a ``ValueError`` that names the offending key and says why.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import tomllib
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from streamloco.outer_optim.codecs import CODEC_NAMES
+
+
+def _f(default: Any, doc: str) -> Any:
+    """A dataclass field with its documentation attached (shown by `config --explain`)."""
+    return field(default=default, metadata={"doc": doc})
+
+
+@dataclass
+class ModelConfig:
+    size: str = _f("tiny", "named model size: tiny, 35m, 124m, 1b (see workers/model.py)")
+    vocab_size: int = _f(64, "vocabulary size (the tokenizer's, or the synthetic task's)")
+    seq_len: int = _f(64, "training context length in tokens")
+    tie_embeddings: bool = _f(True, "share the input embedding and output head weights")
+
+
+@dataclass
+class DataConfig:
+    source: Literal["synthetic"] = _f(
+        "synthetic",
+        "where tokens come from; 'synthetic' is a seeded order-2 Markov language with a known "
+        "entropy floor (the tokenized corpus arrives with the data pipeline)",
+    )
+    branching: int = _f(4, "synthetic: plausible next tokens per context (sets the entropy floor)")
+
+
+@dataclass
+class TrainConfig:
+    steps: int = _f(200, "inner steps per group")
+    batch_size: int = _f(16, "sequences per inner step per group")
+    groups: int = _f(2, "M: number of worker groups (islands)")
+    seed: int = _f(0, "seed for initialization and data; groups derive their own streams from it")
+    eval_every: int = _f(
+        50, "evaluate the global parameters every this many steps (0 = only at end)"
+    )
+    eval_batches: int = _f(4, "batches per evaluation")
+    threads: int = _f(1, "torch intra-op threads (per process; keep cores/groups on CPU)")
+    device: Literal["cpu", "cuda", "auto"] = _f("auto", "where the model trains")
+
+
+@dataclass
+class InnerConfig:
+    lr: float = _f(
+        4e-4, "AdamW peak learning rate (DiLoCo default 4e-4; tiny CPU models want ~3e-3)"
+    )
+    beta1: float = _f(0.9, "AdamW beta1")
+    beta2: float = _f(0.95, "AdamW beta2")
+    weight_decay: float = _f(0.1, "AdamW decoupled weight decay")
+    warmup_steps: int = _f(20, "linear warmup steps before the cosine decay")
+    min_lr_ratio: float = _f(0.1, "cosine decays to lr * min_lr_ratio at the last step")
+    grad_clip: float = _f(1.0, "clip the gradient norm to this (0 = off)")
+
+
+@dataclass
+class OuterConfig:
+    sync_every: int = _f(30, "H: inner steps between two syncs of the same fragment")
+    fragments: int = _f(1, "F: number of fragments synchronized on staggered schedules")
+    overlap: int = _f(0, "tau: inner steps a fragment's exchange may stay in flight (< H/F)")
+    alpha: float = _f(0.0, "merge weight of the LOCAL parameters: local = a*local + (1-a)*global")
+    lr: float = _f(0.7, "outer learning rate")
+    momentum: float = _f(0.9, "outer momentum")
+    nesterov: bool = _f(True, "Nesterov momentum (False = heavy ball; momentum 0 = plain SGD)")
+    codec: str = _f("e3m0", f"wire format of pseudo-gradients: one of {', '.join(CODEC_NAMES)}")
+    block_size: int = _f(128, "elements per quantization block (one fp32 scale each)")
+    zstd_level: int = _f(0, "zstd level applied on top of the codec (0 = off, 1..22)")
+    pattern: Literal["strided", "sequential"] = _f(
+        "strided", "block -> fragment map: strided (i mod F, the paper's) or sequential"
+    )
+    schedule: Literal["streaming", "torchft"] = _f(
+        "streaming",
+        "streaming: fragment p sends at p*H/F + kH (paper); torchft: sync k handles fragment "
+        "k mod F and applies at (k+1)*H/F (torchft's DiLoCo round robin)",
+    )
+    state_device: Literal["cpu", "model"] = _f(
+        "cpu", "where the fp32 global copy and outer momentum live (cpu saves accelerator memory)"
+    )
+
+
+@dataclass
+class TransportConfig:
+    bandwidth_mbps: float = _f(0.0, "simulated link bandwidth per group in Mbit/s (0 = unlimited)")
+    latency_ms: float = _f(0.0, "simulated one-way link latency in milliseconds")
+    timeout_s: float = _f(600.0, "give up waiting for a round's payloads after this many seconds")
+
+
+@dataclass
+class RunConfig:
+    name: str = _f("run", "run name; outputs go to <out_dir>/<name>")
+    out_dir: str = _f("runs", "directory that holds run directories")
+    tensorboard: bool = _f(True, "write TensorBoard event files under <run_dir>/tb")
+
+
+@dataclass
+class Config:
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    inner: InnerConfig = field(default_factory=InnerConfig)
+    outer: OuterConfig = field(default_factory=OuterConfig)
+    transport: TransportConfig = field(default_factory=TransportConfig)
+    run: RunConfig = field(default_factory=RunConfig)
+
+    def to_dict(self) -> dict[str, dict[str, Any]]:
+        return dataclasses.asdict(self)
+
+    def to_toml(self) -> str:
+        """Render as TOML that `load_config` reads back to an equal Config."""
+        lines: list[str] = []
+        for section, values in self.to_dict().items():
+            lines.append(f"[{section}]")
+            lines.extend(f"{key} = {_toml_value(value)}" for key, value in values.items())
+            lines.append("")
+        return "\n".join(lines)
+
+
+def _toml_value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, str):
+        return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    return repr(value)
+
+
+def _sections() -> dict[str, type]:
+    hints = typing.get_type_hints(Config)
+    return {f.name: hints[f.name] for f in dataclasses.fields(Config)}
+
+
+def explain() -> str:
+    """Every key with its type, default and documentation, for `streamloco config --explain`."""
+    out = []
+    for section, cls in _sections().items():
+        hints = typing.get_type_hints(cls)
+        for f in dataclasses.fields(cls):
+            tname = getattr(hints[f.name], "__name__", str(hints[f.name]))
+            out.append(f"{section}.{f.name} ({tname}, default {f.default!r}): {f.metadata['doc']}")
+    return "\n".join(out)
+
+
+def _coerce(key: str, value: Any, hint: Any) -> Any:
+    """Check one value against its field's type; ints widen to floats, nothing else converts."""
+    if typing.get_origin(hint) is Literal:
+        choices = typing.get_args(hint)
+        if value not in choices:
+            raise ValueError(f"{key}: {value!r} is not one of {', '.join(map(repr, choices))}")
+        return value
+    if hint is bool:
+        ok = isinstance(value, bool)
+    elif hint is int:
+        ok = isinstance(value, int) and not isinstance(value, bool)
+    elif hint is float:
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        value = float(value) if ok else value
+    else:
+        ok = isinstance(value, hint)
+    if not ok:
+        raise ValueError(f"{key}: expected {hint.__name__}, got {type(value).__name__} {value!r}")
+    return value
+
+
+def _unknown(kind: str, key: str, known: list[str]) -> ValueError:
+    near = difflib.get_close_matches(key.split(".")[-1], known, n=1)
+    hint = f" (did you mean '{near[0]}'?)" if near else ""
+    return ValueError(f"unknown {kind} '{key}'{hint}; valid: {', '.join(known)}")
+
+
+def from_dict(data: dict[str, Any]) -> Config:
+    """Build and validate a Config from nested dicts ({section: {key: value}})."""
+    sections = _sections()
+    kwargs: dict[str, Any] = {}
+    for section, values in data.items():
+        if section not in sections:
+            raise _unknown("section", section, list(sections))
+        if not isinstance(values, dict):
+            raise ValueError(f"{section}: expected a table of keys, got {values!r}")
+        values = dict(values)  # the caller's dict stays untouched
+        cls = sections[section]
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        for key, value in values.items():
+            if key not in hints:
+                raise _unknown("key", f"{section}.{key}", names)
+            values[key] = _coerce(f"{section}.{key}", value, hints[key])
+        kwargs[section] = cls(**values)
+    cfg = Config(**kwargs)
+    validate(cfg)
+    return cfg
+
+
+def _parse_override(arg: str) -> tuple[str, Any]:
+    if not arg.startswith("--") or "=" not in arg:
+        raise ValueError(f"override {arg!r}: expected --section.key=value")
+    key, raw = arg[2:].split("=", 1)
+    if key.count(".") != 1:
+        raise ValueError(f"override {arg!r}: expected --section.key=value")
+    try:  # TOML value syntax (numbers, true/false, "quoted"); a bare word is a string
+        value = tomllib.loads(f"v = {raw}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw
+    return key, value
+
+
+def load_config(
+    path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
+) -> Config:
+    """Defaults <- TOML file <- `--section.key=value` overrides, then validate."""
+    data: dict[str, dict[str, Any]] = {}
+    if path is not None:
+        path = Path(path)
+        if not path.is_file():
+            raise ValueError(f"config file {path} does not exist")
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except tomllib.TOMLDecodeError as e:
+            raise ValueError(f"config file {path}: invalid TOML: {e}") from None
+    for arg in overrides:
+        key, value = _parse_override(arg)
+        section, name = key.split(".")
+        section_values = data.setdefault(section, {})
+        if not isinstance(section_values, dict):
+            raise ValueError(f"{section}: expected a table of keys")
+        section_values[name] = value
+    try:
+        return from_dict(data)
+    except ValueError as e:
+        where = f"{path}: " if path is not None else ""
+        raise ValueError(f"{where}{e}") from None
+
+
+def _check(cond: bool, key: str, why: str) -> None:
+    if not cond:
+        raise ValueError(f"{key}: {why}")
+
+
+def validate(cfg: Config) -> None:
+    """Cross-field checks; each failure names the key and the reason."""
+    from streamloco.workers.model import MODEL_SIZES
+
+    m, t, i, o, tr = cfg.model, cfg.train, cfg.inner, cfg.outer, cfg.transport
+    _check(m.size in MODEL_SIZES, "model.size", f"{m.size!r} is not one of {sorted(MODEL_SIZES)}")
+    _check(m.vocab_size >= 2, "model.vocab_size", "must be >= 2")
+    _check(m.seq_len >= 2, "model.seq_len", "must be >= 2")
+    _check(cfg.data.branching >= 1, "data.branching", "must be >= 1")
+    _check(cfg.data.branching <= m.vocab_size, "data.branching", "must be <= model.vocab_size")
+    for key, value in [
+        ("train.steps", t.steps),
+        ("train.batch_size", t.batch_size),
+        ("train.groups", t.groups),
+        ("train.threads", t.threads),
+        ("train.eval_batches", t.eval_batches),
+    ]:
+        _check(value >= 1, key, f"must be >= 1, got {value}")
+    _check(t.eval_every >= 0, "train.eval_every", "must be >= 0")
+    _check(i.lr > 0, "inner.lr", "must be > 0")
+    _check(0 <= i.beta1 < 1 and 0 <= i.beta2 < 1, "inner.beta1/beta2", "must be in [0, 1)")
+    _check(i.weight_decay >= 0, "inner.weight_decay", "must be >= 0")
+    _check(
+        0 <= i.warmup_steps <= t.steps,
+        "inner.warmup_steps",
+        f"must be in [0, train.steps={t.steps}], got {i.warmup_steps}",
+    )
+    _check(0 <= i.min_lr_ratio <= 1, "inner.min_lr_ratio", "must be in [0, 1]")
+    _check(i.grad_clip >= 0, "inner.grad_clip", "must be >= 0")
+    _check(o.sync_every >= 1, "outer.sync_every", f"H must be >= 1, got {o.sync_every}")
+    _check(o.fragments >= 1, "outer.fragments", f"F must be >= 1, got {o.fragments}")
+    n_layers = MODEL_SIZES[m.size]["n_layers"]
+    _check(
+        o.fragments <= n_layers,
+        "outer.fragments",
+        f"F={o.fragments} exceeds the {n_layers} transformer blocks of model.size={m.size!r}",
+    )
+    _check(
+        o.sync_every % o.fragments == 0,
+        "outer.sync_every",
+        f"H={o.sync_every} must be a multiple of outer.fragments F={o.fragments}",
+    )
+    period = o.sync_every // o.fragments
+    _check(
+        0 <= o.overlap < period,
+        "outer.overlap",
+        f"tau={o.overlap} must be in [0, H/F={period}) so a fragment lands before the next sends",
+    )
+    _check(0.0 <= o.alpha <= 1.0, "outer.alpha", f"must be in [0, 1], got {o.alpha}")
+    _check(o.lr > 0, "outer.lr", "must be > 0")
+    _check(0.0 <= o.momentum < 1.0, "outer.momentum", f"must be in [0, 1), got {o.momentum}")
+    _check(o.codec in CODEC_NAMES, "outer.codec", f"{o.codec!r} is not one of {CODEC_NAMES}")
+    _check(
+        o.block_size >= 2 and o.block_size % 2 == 0,
+        "outer.block_size",
+        f"must be an even number >= 2, got {o.block_size}",
+    )
+    _check(0 <= o.zstd_level <= 22, "outer.zstd_level", f"must be in [0, 22], got {o.zstd_level}")
+    _check(tr.bandwidth_mbps >= 0, "transport.bandwidth_mbps", "must be >= 0 (0 = unlimited)")
+    _check(tr.latency_ms >= 0, "transport.latency_ms", "must be >= 0")
+    _check(tr.timeout_s > 0, "transport.timeout_s", "must be > 0")
+    _check(
+        bool(cfg.run.name) and "/" not in cfg.run.name and cfg.run.name not in (".", ".."),
+        "run.name",
+        f"must be a plain directory name, got {cfg.run.name!r}",
+    )

@@ -1,0 +1,238 @@
+"""The Streaming DiLoCo engine: call `step()` once after every inner optimizer step.
+
+Per fragment p (see schedule.py for when):
+
+- send:  delta = global_p - local_p in fp32; payload = codec.encode(delta); start the exchange.
+- apply: wait for every group's payload; decode them in group-id order and sum in fp32 in that
+  order; mean_delta = sum / groups; global_p <- OuterSGD(global_p, grad=mean_delta);
+  local_p <- alpha * local_p + (1 - alpha) * global_p.
+
+Every group decodes the same bytes, its own payload included (never its unquantized delta), and
+reduces them in the same order on the same kind of device, so all groups end every round with
+bit-identical global parameters and outer state.
+
+Where state lives: the fp32 global copy and the outer momentum buffers live on `state_device`
+(CPU by default, so the accelerator holds only the model, its gradients and the inner optimizer);
+pseudo-gradients are computed there too. In-flight deltas are kept until their apply for the
+quantization-error metric (at most one fragment is in flight, since tau < H/F).
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import torch
+from torch import nn
+
+from streamloco.outer_optim.codecs import Codec, make_codec
+from streamloco.outer_optim.fragments import FragmentPlan, partition
+from streamloco.outer_optim.optimizer import OuterSGD, flatten, merge_
+from streamloco.outer_optim.schedule import Schedule
+from streamloco.outer_optim.transport import CompletedHandle, Handle, Transport
+
+STATE_VERSION = 1
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """The engine's slice of the config (mirrors `OuterConfig`, so tests need no config tree)."""
+
+    sync_every: int = 30
+    fragments: int = 1
+    overlap: int = 0
+    alpha: float = 0.0
+    lr: float = 0.7
+    momentum: float = 0.9
+    nesterov: bool = True
+    codec: str = "e3m0"
+    block_size: int = 128
+    zstd_level: int = 0
+    pattern: str = "strided"
+    schedule: str = "streaming"
+    state_device: str = "cpu"
+    timeout_s: float = 600.0
+
+    @classmethod
+    def from_config(cls, outer, timeout_s: float = 600.0) -> EngineOptions:
+        names = cls.__dataclass_fields__.keys() - {"timeout_s"}
+        return cls(**{n: getattr(outer, n) for n in names}, timeout_s=timeout_s)
+
+
+@dataclass(frozen=True)
+class SyncEvent:
+    """What one send or apply did; the caller turns these into metrics."""
+
+    kind: str  # "send" or "apply"
+    fragment: int
+    step: int
+    payload_bytes: int = 0  # send: this group's payload; apply: sum over all groups
+    delta_norm: float = 0.0  # send: ||global - local|| of this group
+    quant_rel_error: float = 0.0  # apply: ||decode(own) - delta|| / ||delta||
+    mean_delta_norm: float = 0.0  # apply: ||mean decoded delta||
+    blocked_s: float = 0.0  # apply: time spent waiting for the exchange
+    groups: int = 0  # apply: payloads that took part
+
+
+@dataclass
+class _InFlight:
+    send_step: int
+    handle: Handle
+    delta: torch.Tensor | None  # own unquantized delta, for the error metric
+
+
+class StreamingEngine:
+    def __init__(self, model: nn.Module, options: EngineOptions, transport: Transport) -> None:
+        self.options = options
+        self.transport = transport
+        self.schedule = Schedule(
+            options.sync_every, options.fragments, options.overlap, options.schedule
+        )
+        self.codec: Codec = make_codec(options.codec, options.block_size, options.zstd_level)
+        self.outer = OuterSGD(options.lr, options.momentum, options.nesterov)
+        named = dict(model.named_parameters())
+        self.plan: FragmentPlan = partition(
+            [(n, p.numel()) for n, p in named.items()],
+            options.fragments,
+            options.pattern,  # type: ignore[arg-type]
+        )
+        self.params = [[named[n] for n in names] for names in self.plan.names]
+        model_device = next(model.parameters()).device
+        self.state_device = torch.device("cpu" if options.state_device == "cpu" else model_device)
+        # Every group starts from the same initialization, so local == global at step 0.
+        self.global_params = [flatten(ps, self.state_device) for ps in self.params]
+        self.momentum: list[torch.Tensor | None] = [None] * options.fragments
+        self.step_count = 0
+        self.in_flight: dict[int, _InFlight] = {}
+
+    # ---- the per-step entry point -------------------------------------------------------------
+
+    def step(self) -> list[SyncEvent]:
+        """Advance one inner step; send and apply whatever the schedule says. Returns events."""
+        self.step_count += 1
+        events = [self._send(p) for p in self.schedule.sends(self.step_count)]
+        events += [self._apply(p) for p in self.schedule.applies(self.step_count)]
+        return events
+
+    def finish(self) -> list[SyncEvent]:
+        """Apply every exchange still in flight (call once after the last inner step)."""
+        return [self._apply(p) for p in sorted(self.in_flight)]
+
+    def _send(self, p: int) -> SyncEvent:
+        assert p not in self.in_flight, f"fragment {p} sent again before its apply"
+        local = flatten(self.params[p], self.state_device)
+        delta = self.global_params[p] - local  # (n_p,) fp32
+        payload = self.codec.encode(delta)
+        handle = self.transport.exchange((p, self.step_count), payload)
+        self.in_flight[p] = _InFlight(self.step_count, handle, delta)
+        return SyncEvent("send", p, self.step_count, len(payload), float(delta.norm()))
+
+    def _apply(self, p: int) -> SyncEvent:
+        flight = self.in_flight.pop(p)
+        t0 = time.perf_counter()
+        payloads = flight.handle.wait(self.options.timeout_s)
+        blocked = time.perf_counter() - t0
+        total = torch.zeros_like(self.global_params[p])
+        own = None
+        for group in sorted(payloads):  # fixed order -> identical sums on every group
+            # max_numel bounds what a hostile zstd payload can make us allocate.
+            decoded = self.codec.decode(payloads[group], max_numel=total.numel())
+            decoded = decoded.to(self.state_device)
+            if decoded.shape != total.shape:
+                raise ValueError(
+                    f"fragment {p}: group {group} sent {tuple(decoded.shape)} elements, "
+                    f"expected {tuple(total.shape)} (different model or fragment plan?)"
+                )
+            total += decoded
+            if group == self.transport.group:
+                own = decoded
+        mean_delta = total / len(payloads)
+        self.momentum[p] = self.outer.step_(self.global_params[p], mean_delta, self.momentum[p])
+        merge_(self.params[p], self.global_params[p], self.options.alpha)
+        err = 0.0
+        if flight.delta is not None and own is not None:
+            denom = float(flight.delta.norm())
+            err = float((own - flight.delta).norm()) / denom if denom > 0 else 0.0
+        return SyncEvent(
+            "apply",
+            p,
+            self.step_count,
+            payload_bytes=sum(len(b) for b in payloads.values()),
+            quant_rel_error=err,
+            mean_delta_norm=float(mean_delta.norm()),
+            blocked_s=blocked,
+            groups=len(payloads),
+        )
+
+    # ---- evaluation and checkpoints -----------------------------------------------------------
+
+    def global_state(self) -> dict[str, torch.Tensor]:
+        """The global (outer) parameters by name, fp32 on the state device: evaluate these."""
+        out: dict[str, torch.Tensor] = {}
+        for names, params, flat in zip(
+            self.plan.names, self.params, self.global_params, strict=True
+        ):
+            offset = 0
+            for name, t in zip(names, params, strict=True):
+                out[name] = flat[offset : offset + t.numel()].view(t.shape).clone()
+                offset += t.numel()
+        return out
+
+    def state_dict(self) -> dict:
+        """Everything needed to continue bit-exactly; plain tensors and builtins only.
+
+        In-flight exchanges are waited for here, so the checkpoint holds their received payloads
+        and the restored engine applies them at the same step as an uninterrupted run would.
+        """
+        in_flight = {}
+        for p, flight in self.in_flight.items():
+            payloads = flight.handle.wait(self.options.timeout_s)
+            flight.handle = CompletedHandle(payloads)
+            in_flight[p] = {
+                "send_step": flight.send_step,
+                "delta": flight.delta,
+                "payloads": {
+                    g: torch.frombuffer(bytearray(b), dtype=torch.uint8)
+                    for g, b in payloads.items()
+                },
+            }
+        return {
+            "version": STATE_VERSION,
+            "plan": self.plan.fingerprint,
+            "step": self.step_count,
+            "global": [g.clone() for g in self.global_params],
+            "momentum": list(self.momentum),
+            "in_flight": in_flight,
+        }
+
+    def load_state_dict(self, state: Mapping) -> None:
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"engine state: version {state.get('version')} != {STATE_VERSION}")
+        if state.get("plan") != self.plan.fingerprint:
+            raise ValueError(
+                "engine state: fragment plan differs from this model's "
+                f"({state.get('plan')} != {self.plan.fingerprint})"
+            )
+        glob = state["global"]
+        for p, (have, new) in enumerate(zip(self.global_params, glob, strict=True)):
+            if have.shape != new.shape:
+                raise ValueError(
+                    f"engine state: fragment {p} has {new.numel()} elements, "
+                    f"expected {have.numel()}"
+                )
+        self.global_params = [g.to(self.state_device, torch.float32).clone() for g in glob]
+        self.momentum = [
+            None if m is None else m.to(self.state_device).clone() for m in state["momentum"]
+        ]
+        self.step_count = int(state["step"])
+        self.in_flight = {
+            int(p): _InFlight(
+                int(f["send_step"]),
+                CompletedHandle(
+                    {int(g): bytes(t.numpy().tobytes()) for g, t in f["payloads"].items()}
+                ),
+                f["delta"],
+            )
+            for p, f in state["in_flight"].items()
+        }

@@ -1,0 +1,191 @@
+"""The one narrow interface between the engine and the network.
+
+An exchange is an all-gather of encoded payloads among the groups of a round: every group hands in
+its payload for a key (fragment, send step) and gets back a handle; `handle.wait()` returns every
+group's payload, ordered by group id. The engine keeps training while the handle is pending, so the
+transport must not block in `exchange`.
+
+Byte accounting (exact, counted where the bytes move): an all-gather through a broker (Ray's object
+store in real runs, a dict here) costs each group its own payload once out and the M-1 other
+payloads in. `bytes_sent` and `bytes_received` count exactly that.
+
+`InProcessHub` serves M replicas running in threads of one process. It can simulate a slow link
+(bandwidth per group and latency) so that one machine shows what overlapping communication with
+computation buys: a group's upload starts when it calls `exchange` and takes latency + size /
+bandwidth; its download of the other payloads starts when the last upload has landed and takes
+latency + received / bandwidth. A group's link carries one transfer at a time.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from abc import ABC, abstractmethod
+from dataclasses import dataclass, field
+
+Key = tuple[int, int]  # (fragment, send step)
+
+
+class TransportError(RuntimeError):
+    """A round could not complete (timeout, or a group reported an inconsistent round)."""
+
+
+@dataclass
+class TransportStats:
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    exchanges: int = 0
+
+
+class Handle(ABC):
+    @abstractmethod
+    def done(self) -> bool:
+        """True once `wait` would return without blocking."""
+
+    @abstractmethod
+    def wait(self, timeout: float | None = None) -> dict[int, bytes]:
+        """Block until every payload of the round has arrived; {group id: payload}, sorted."""
+
+
+class Transport(ABC):
+    def __init__(self, group: int, num_groups: int) -> None:
+        self.group = group
+        self.num_groups = num_groups
+        self.stats = TransportStats()
+
+    @abstractmethod
+    def exchange(self, key: Key, payload: bytes) -> Handle:
+        """Start the all-gather of `payload` for `key`; never blocks on the other groups."""
+
+
+class CompletedHandle(Handle):
+    """A round whose payloads are already here (restored from a checkpoint, or M=1)."""
+
+    def __init__(self, payloads: dict[int, bytes]) -> None:
+        self._payloads = dict(sorted(payloads.items()))
+
+    def done(self) -> bool:
+        return True
+
+    def wait(self, timeout: float | None = None) -> dict[int, bytes]:
+        return self._payloads
+
+
+@dataclass(frozen=True)
+class LinkModel:
+    """A simulated link: bandwidth in bytes/s (0 = unlimited) and one-way latency in seconds."""
+
+    bandwidth_bytes_per_s: float = 0.0
+    latency_s: float = 0.0
+
+    @classmethod
+    def from_mbps(cls, mbps: float, latency_ms: float) -> LinkModel:
+        return cls(mbps * 1e6 / 8, latency_ms / 1e3)
+
+    def transfer_s(self, nbytes: int) -> float:
+        wire = nbytes / self.bandwidth_bytes_per_s if self.bandwidth_bytes_per_s > 0 else 0.0
+        return self.latency_s + wire
+
+
+@dataclass
+class _Round:
+    payloads: dict[int, bytes] = field(default_factory=dict)
+    upload_done: dict[int, float] = field(default_factory=dict)  # group -> monotonic time
+    complete: threading.Event = field(default_factory=threading.Event)
+    waiting: int = 0  # groups that have not collected their result yet
+
+
+class InProcessHub:
+    """Rendezvous for M in-process transports; one `_Round` per key while it is open."""
+
+    def __init__(self, num_groups: int, link: LinkModel | None = None) -> None:
+        if num_groups < 1:
+            raise ValueError(f"InProcessHub: num_groups must be >= 1, got {num_groups}")
+        self.num_groups = num_groups
+        self.link = link or LinkModel()
+        self._lock = threading.Lock()
+        self._rounds: dict[Key, _Round] = {}
+        self._link_free = [0.0] * num_groups  # when each group's link is next idle
+        self._aborted: str | None = None
+
+    def abort(self, reason: str) -> None:
+        """Fail every pending and future round (a replica died: nobody else should hang)."""
+        with self._lock:
+            self._aborted = reason
+            for rnd in self._rounds.values():
+                rnd.complete.set()
+
+    def transport(self, group: int) -> InProcessTransport:
+        if not 0 <= group < self.num_groups:
+            raise ValueError(f"group {group} outside [0, {self.num_groups})")
+        return InProcessTransport(self, group)
+
+    def _submit(self, group: int, key: Key, payload: bytes) -> _Round:
+        now = time.monotonic()
+        with self._lock:
+            if self._aborted:
+                raise TransportError(f"round {key}: hub aborted: {self._aborted}")
+            rnd = self._rounds.setdefault(key, _Round(waiting=self.num_groups))
+            if group in rnd.payloads:
+                raise TransportError(f"group {group} sent twice for round {key}")
+            start = max(now, self._link_free[group])
+            done = start + self.link.transfer_s(len(payload))
+            self._link_free[group] = done
+            rnd.payloads[group] = payload
+            rnd.upload_done[group] = done
+            if len(rnd.payloads) == self.num_groups:
+                rnd.complete.set()
+            return rnd
+
+    def _collect(
+        self, group: int, key: Key, rnd: _Round, timeout: float | None
+    ) -> tuple[dict[int, bytes], float]:
+        """Wait for the round, then for the simulated transfer; returns (payloads, ready time)."""
+        if not rnd.complete.wait(timeout):
+            missing = sorted(set(range(self.num_groups)) - set(rnd.payloads))
+            raise TransportError(
+                f"round {key}: timed out after {timeout}s waiting for groups {missing}"
+            )
+        with self._lock:
+            if self._aborted:
+                raise TransportError(f"round {key}: hub aborted: {self._aborted}")
+            received = sum(len(p) for g, p in rnd.payloads.items() if g != group)
+            start = max(max(rnd.upload_done.values()), self._link_free[group])
+            ready = start + (self.link.transfer_s(received) if received else 0.0)
+            self._link_free[group] = ready
+            rnd.waiting -= 1
+            if rnd.waiting == 0:
+                del self._rounds[key]
+        delay = ready - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        return dict(sorted(rnd.payloads.items())), ready
+
+
+class _HubHandle(Handle):
+    def __init__(self, transport: InProcessTransport, key: Key, rnd: _Round) -> None:
+        self._transport, self._key, self._round = transport, key, rnd
+        self._result: dict[int, bytes] | None = None
+        self.ready_at: float | None = None  # monotonic time the simulated transfer completed
+
+    def done(self) -> bool:
+        return self._result is not None or self._round.complete.is_set()
+
+    def wait(self, timeout: float | None = None) -> dict[int, bytes]:
+        if self._result is None:
+            t = self._transport
+            self._result, self.ready_at = t.hub._collect(t.group, self._key, self._round, timeout)
+            t.stats.bytes_received += sum(len(p) for g, p in self._result.items() if g != t.group)
+        return self._result
+
+
+class InProcessTransport(Transport):
+    def __init__(self, hub: InProcessHub, group: int) -> None:
+        super().__init__(group, hub.num_groups)
+        self.hub = hub
+
+    def exchange(self, key: Key, payload: bytes) -> Handle:
+        rnd = self.hub._submit(self.group, key, payload)
+        self.stats.bytes_sent += len(payload)
+        self.stats.exchanges += 1
+        return _HubHandle(self, key, rnd)

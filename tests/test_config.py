@@ -1,0 +1,86 @@
+"""Config tree: shipped configs load, overrides, and errors that name the key and the reason."""
+
+from pathlib import Path
+
+import pytest
+
+from streamloco.config import Config, explain, from_dict, load_config
+
+CONFIGS = sorted((Path(__file__).parent.parent / "configs").rglob("*.toml"))
+
+
+def test_there_are_shipped_configs():
+    assert {"smoke.toml", "demo.toml", "diloco.toml"} <= {p.name for p in CONFIGS}
+
+
+@pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
+def test_every_shipped_config_loads_and_round_trips(path, tmp_path):
+    cfg = load_config(path)
+    again = tmp_path / "again.toml"
+    again.write_text(cfg.to_toml())
+    assert load_config(again) == cfg
+
+
+def test_overrides_are_typed_and_win_over_the_file():
+    cfg = load_config(
+        CONFIGS[0],
+        [
+            "--outer.fragments=3",
+            "--outer.sync_every=30",
+            "--outer.codec=int8",
+            "--outer.lr=1",
+            "--run.tensorboard=false",
+        ],
+    )
+    assert cfg.outer.fragments == 3 and cfg.outer.codec == "int8"
+    assert cfg.outer.lr == 1.0 and isinstance(cfg.outer.lr, float)
+    assert cfg.run.tensorboard is False
+
+
+def test_defaults_are_valid():
+    assert load_config() == Config()
+    assert "outer.overlap" in explain()
+
+
+@pytest.mark.parametrize(
+    "data,key,why",
+    [
+        ({"outer": {"fragmets": 2}}, "outer.fragmets", "did you mean 'fragments'"),
+        ({"outr": {"fragments": 2}}, "outr", "did you mean 'outer'"),
+        ({"outer": {"fragments": "2"}}, "outer.fragments", "expected int, got str"),
+        ({"outer": {"fragments": 2.0}}, "outer.fragments", "expected int, got float"),
+        ({"run": {"tensorboard": 1}}, "run.tensorboard", "expected bool"),
+        ({"outer": {"sync_every": 100, "fragments": 3}}, "outer.sync_every", "multiple of"),
+        ({"outer": {"sync_every": 100, "fragments": 4, "overlap": 25}}, "outer.overlap", "H/F=25"),
+        ({"outer": {"alpha": 1.5}}, "outer.alpha", r"\[0, 1\]"),
+        ({"outer": {"momentum": 1.0}}, "outer.momentum", r"\[0, 1\)"),
+        ({"outer": {"codec": "int3"}}, "outer.codec", "not one of"),
+        ({"outer": {"pattern": "random"}}, "outer.pattern", "not one of"),
+        ({"outer": {"fragments": 7, "sync_every": 70}}, "outer.fragments", "exceeds the 6"),
+        ({"model": {"size": "7b"}}, "model.size", "not one of"),
+        ({"inner": {"warmup_steps": 1000}}, "inner.warmup_steps", "train.steps"),
+        ({"train": {"groups": 0}}, "train.groups", ">= 1"),
+        ({"run": {"name": "../x"}}, "run.name", "plain directory name"),
+    ],
+)
+def test_bad_values_name_key_and_reason(data, key, why):
+    with pytest.raises(ValueError, match=why) as err:
+        from_dict(data)
+    assert key in str(err.value)
+
+
+def test_file_errors_name_the_file(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[outer]\nfragments = = 2\n")
+    with pytest.raises(ValueError, match=r"bad.toml: invalid TOML"):
+        load_config(bad)
+    with pytest.raises(ValueError, match="does not exist"):
+        load_config(tmp_path / "missing.toml")
+    bad.write_text("[outer]\nalpha = 2.0\n")
+    with pytest.raises(ValueError, match=r"bad.toml: outer.alpha"):
+        load_config(bad)
+
+
+def test_malformed_override_is_rejected():
+    with pytest.raises(ValueError, match=r"--section.key=value"):
+        load_config(None, ["--fragments=2"])
