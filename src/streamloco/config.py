@@ -53,7 +53,6 @@ class TrainConfig:
     )
     eval_batches: int = _f(4, "batches per evaluation")
     threads: int = _f(1, "torch intra-op threads (per process; keep cores/groups on CPU)")
-    device: Literal["cpu", "cuda", "auto"] = _f("auto", "where the model trains")
 
 
 @dataclass
