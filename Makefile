@@ -34,7 +34,9 @@ format: setup
 
 bench: setup
 	$(PY) benchmarks/bench_codecs.py
+	$(PY) benchmarks/bench_wire_bytes.py
 	$(PY) benchmarks/bench_outer_apply.py
+	$(PY) benchmarks/bench_overlap.py
 
 clean:
 	rm -rf $(VENV) runs .pytest_cache .ruff_cache

@@ -55,6 +55,7 @@ def bench_codec(
 
         def send(p=p):
             engine.in_flight.pop(p, None)
+            engine.step_count += 1  # a fresh round key each time
             engine._send(p)
 
         def apply(p=p, payloads=payloads):
