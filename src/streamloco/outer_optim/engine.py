@@ -82,6 +82,11 @@ class _InFlight:
     delta: torch.Tensor | None  # own unquantized delta, for the error metric
 
 
+def _relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
+    denom = float(exact.norm())
+    return float((approx - exact).norm()) / denom if denom > 0 else 0.0
+
+
 class StreamingEngine:
     def __init__(self, model: nn.Module, options: EngineOptions, transport: Transport) -> None:
         self.options = options
@@ -133,34 +138,32 @@ class StreamingEngine:
         t0 = time.perf_counter()
         payloads = flight.handle.wait(self.options.timeout_s)
         blocked = time.perf_counter() - t0
-        total = torch.zeros_like(self.global_params[p])
-        own = None
+        n = self.global_params[p].numel()
+        total: torch.Tensor | None = None
+        err = 0.0
         for group in sorted(payloads):  # fixed order -> identical sums on every group
             # max_numel bounds what a hostile zstd payload can make us allocate.
-            decoded = self.codec.decode(payloads[group], max_numel=total.numel())
-            decoded = decoded.to(self.state_device)
-            if decoded.shape != total.shape:
+            decoded = self.codec.decode(payloads[group], max_numel=n).to(self.state_device)
+            if decoded.shape != (n,):
                 raise ValueError(
                     f"fragment {p}: group {group} sent {tuple(decoded.shape)} elements, "
-                    f"expected {tuple(total.shape)} (different model or fragment plan?)"
+                    f"expected ({n},) (different model or fragment plan?)"
                 )
-            total += decoded
-            if group == self.transport.group:
-                own = decoded
-        mean_delta = total / len(payloads)
-        self.momentum[p] = self.outer.step_(self.global_params[p], mean_delta, self.momentum[p])
+            if group == self.transport.group and flight.delta is not None:
+                err = _relative_error(decoded, flight.delta)
+            # decode returns a fresh tensor: accumulate into the first one (no extra buffer)
+            total = decoded if total is None else total.add_(decoded)
+        assert total is not None, "a round always holds this group's own payload"
+        mean_norm = float(total.div_(len(payloads)).norm())  # total is now the mean delta
+        self.momentum[p] = self.outer.step_(self.global_params[p], total, self.momentum[p])
         merge_(self.params[p], self.global_params[p], self.options.alpha)
-        err = 0.0
-        if flight.delta is not None and own is not None:
-            denom = float(flight.delta.norm())
-            err = float((own - flight.delta).norm()) / denom if denom > 0 else 0.0
         return SyncEvent(
             "apply",
             p,
             self.step_count,
             payload_bytes=sum(len(b) for b in payloads.values()),
             quant_rel_error=err,
-            mean_delta_norm=float(mean_delta.norm()),
+            mean_delta_norm=mean_norm,
             blocked_s=blocked,
             groups=len(payloads),
         )

@@ -25,7 +25,8 @@ class OuterSGD:
     ) -> torch.Tensor | None:
         """param <- param - lr * direction; returns the new momentum buffer (None if momentum 0).
 
-        Like torch's SGD, the first step initializes the buffer to the gradient itself.
+        Like torch's SGD, the first step initializes the buffer to the gradient itself. `grad` is
+        used as scratch space (the engine's mean-delta buffer): it is overwritten with Nesterov.
         """
         if self.momentum == 0:
             param.add_(grad, alpha=-self.lr)
@@ -34,7 +35,7 @@ class OuterSGD:
             buf = grad.detach().clone()
         else:
             buf.mul_(self.momentum).add_(grad)
-        direction = grad.add(buf, alpha=self.momentum) if self.nesterov else buf
+        direction = grad.add_(buf, alpha=self.momentum) if self.nesterov else buf
         param.add_(direction, alpha=-self.lr)
         return buf
 
