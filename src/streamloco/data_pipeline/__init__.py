@@ -1,0 +1,1 @@
+"""From raw multilingual text to training batches: readers, normalization, shards, loader."""
