@@ -21,6 +21,8 @@ from streamloco.outer_optim.codecs import CODEC_NAMES
 
 def _f(default: Any, doc: str) -> Any:
     """A dataclass field with its documentation attached (shown by `config --explain`)."""
+    if isinstance(default, list):  # mutable: every Config gets its own copy
+        return field(default_factory=lambda: list(default), metadata={"doc": doc})
     return field(default=default, metadata={"doc": doc})
 
 
@@ -33,12 +35,49 @@ class ModelConfig:
 
 
 @dataclass
-class DataConfig:
-    source: Literal["synthetic"] = _f(
-        "synthetic",
-        "where tokens come from; 'synthetic' is a seeded order-2 Markov language with a known "
-        "entropy floor (the tokenized corpus arrives with the data pipeline)",
+class CorpusConfig:
+    inputs: list[str] = _f(  # noqa: RUF009 (_f copies list defaults via default_factory)
+        [],
+        "corpus files or globs: 'PATH' (JSONL with text and lang fields, .gz/.zst, Parquet) or "
+        "'LANG=PATH' (plain text in one language); `streamloco data demo DIR` writes the demo one",
     )
+    text_field: str = _f("text", "JSONL/Parquet field holding the document text")
+    lang_field: str = _f("lang", "JSONL/Parquet field holding the language code")
+    on_error: Literal["skip", "fail"] = _f(
+        "skip", "bad records (invalid UTF-8, no lang, empty text): skip and count, or fail"
+    )
+    normalize_form: Literal["NFC", "NFKC"] = _f("NFC", "Unicode normalization form")
+    apostrophes: Literal["ascii", "modifier", "keep"] = _f(
+        "ascii", "apostrophe look-alikes -> ' (ascii), -> U+02BC (modifier), or keep"
+    )
+
+
+@dataclass
+class TokenizerConfig:
+    path: str = _f("data/tokenizer/spm", "tokenizer prefix: <path>.model and <path>.json")
+    vocab_size: int = _f(8000, "SentencePiece vocabulary size")
+    model_type: Literal["unigram", "bpe"] = _f("unigram", "SentencePiece model type")
+    character_coverage: float = _f(0.9995, "share of characters covered by pieces (rest: bytes)")
+    split_digits: bool = _f(True, "split numbers into single digits")
+    temperature: float = _f(5.0, "language sampling for the training sample: p ~ n^(1/T)")
+    max_chars: int = _f(20_000_000, "characters in the training sample (keeps training fast)")
+    lang_tags: bool = _f(False, "add a <2xxx> tag token per language")
+
+
+@dataclass
+class DataConfig:
+    source: Literal["synthetic", "shards"] = _f(
+        "synthetic",
+        "where training tokens come from: 'shards' (the tokenized corpus in data.dir) or "
+        "'synthetic' (a seeded order-2 Markov language with a known entropy floor)",
+    )
+    dir: str = _f("data/shards", "token shards and manifest.json (`streamloco data tokenize`)")
+    shard_tokens: int = _f(8_000_000, "target tokens per shard")
+    validation_fraction: float = _f(0.02, "share of each language's documents held out")
+    split_seed: int = _f(0, "seed of the per-document train/validation hash")
+    workers: int = _f(0, "tokenization processes (0 = one per CPU core)")
+    zstd_level: int = _f(3, "zstd level of the token shards")
+    temperature: float = _f(5.0, "loader language mixture: p ~ train tokens^(1/T)")
     branching: int = _f(4, "synthetic: plausible next tokens per context (sets the entropy floor)")
 
 
@@ -110,6 +149,8 @@ class RunConfig:
 @dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    tokenizer: TokenizerConfig = field(default_factory=TokenizerConfig)
     data: DataConfig = field(default_factory=DataConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
     inner: InnerConfig = field(default_factory=InnerConfig)
@@ -131,6 +172,8 @@ class Config:
 
 
 def _toml_value(value: Any) -> str:
+    if isinstance(value, list):
+        return "[" + ", ".join(_toml_value(v) for v in value) + "]"
     if isinstance(value, bool):
         return "true" if value else "false"
     if isinstance(value, str):
@@ -150,7 +193,8 @@ def explain() -> str:
         hints = typing.get_type_hints(cls)
         for f in dataclasses.fields(cls):
             tname = getattr(hints[f.name], "__name__", str(hints[f.name]))
-            out.append(f"{section}.{f.name} ({tname}, default {f.default!r}): {f.metadata['doc']}")
+            default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+            out.append(f"{section}.{f.name} ({tname}, default {default!r}): {f.metadata['doc']}")
     return "\n".join(out)
 
 
@@ -168,6 +212,11 @@ def _coerce(key: str, value: Any, hint: Any) -> Any:
     elif hint is float:
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         value = float(value) if ok else value
+    elif typing.get_origin(hint) is list:
+        (item,) = typing.get_args(hint)
+        if not isinstance(value, list):
+            raise ValueError(f"{key}: expected a list of {item.__name__}, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     else:
         ok = isinstance(value, hint)
     if not ok:
@@ -258,6 +307,25 @@ def validate(cfg: Config) -> None:
     _check(m.vocab_size >= 2, "model.vocab_size", "must be >= 2")
     _check(m.seq_len >= 2, "model.seq_len", "must be >= 2")
     _check(cfg.data.branching >= 1, "data.branching", "must be >= 1")
+    _check(0 < cfg.data.validation_fraction < 1, "data.validation_fraction", "must be in (0, 1)")
+    _check(cfg.data.shard_tokens >= 1024, "data.shard_tokens", "must be >= 1024")
+    _check(cfg.data.workers >= 0, "data.workers", "must be >= 0 (0 = one per core)")
+    _check(1 <= cfg.data.zstd_level <= 22, "data.zstd_level", "must be in [1, 22]")
+    for key, temp in (
+        ("data.temperature", cfg.data.temperature),
+        ("tokenizer.temperature", cfg.tokenizer.temperature),
+    ):
+        _check(temp > 0, key, f"must be > 0 (1 = proportional), got {temp}")
+    tk = cfg.tokenizer
+    _check(
+        tk.vocab_size >= 300,
+        "tokenizer.vocab_size",
+        f"must be >= 300 (256 byte pieces + specials + some merges), got {tk.vocab_size}",
+    )
+    _check(
+        0.9 <= tk.character_coverage <= 1.0, "tokenizer.character_coverage", "must be in [0.9, 1]"
+    )
+    _check(tk.max_chars >= 10_000, "tokenizer.max_chars", "must be >= 10000")
     _check(cfg.data.branching <= m.vocab_size, "data.branching", "must be <= model.vocab_size")
     for key, value in [
         ("train.steps", t.steps),
