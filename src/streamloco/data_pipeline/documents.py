@@ -8,7 +8,7 @@ from dataclasses import dataclass
 @dataclass(frozen=True)
 class Document:
     text: str
-    lang: str  # ISO 639-3 where one exists (nya, nci, ote, mxb, spa, ...)
+    lang: str  # ISO 639-3 where one exists (nya, spa), else a group code (nah, oto, mix)
     source: str  # file the document was read from (or the demo package and book)
     line: int  # 1-based line (JSONL, text) or row (Parquet) where it starts
 
