@@ -65,6 +65,50 @@ def cmd_fragments(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_data_demo(args: argparse.Namespace, overrides: list[str]) -> int:
+    from streamloco.data_pipeline.demo import write_demo_corpus
+
+    if overrides:
+        raise ValueError(f"data demo takes no config overrides: {' '.join(overrides)}")
+    stats = write_demo_corpus(Path(args.out_dir))
+    print(stats.report())
+    print(
+        f"wrote {args.out_dir}/*.jsonl.zst; next: streamloco tokenizer train --config "
+        "configs/data.toml"
+    )
+    return 0
+
+
+def cmd_data_tokenize(args: argparse.Namespace, overrides: list[str]) -> int:
+    from streamloco.data_pipeline.pipeline import manifest_summary, tokenize_from_config
+
+    cfg = _load(args, overrides)
+    manifest = tokenize_from_config(cfg, progress=not args.no_progress)
+    print(manifest_summary(manifest))
+    return 0
+
+
+def cmd_tokenizer_train(args: argparse.Namespace, overrides: list[str]) -> int:
+    import json
+
+    from streamloco.data_pipeline.pipeline import train_tokenizer_from_config
+    from streamloco.tokenizer.model import sidecar_path
+
+    cfg = _load(args, overrides)
+    model = train_tokenizer_from_config(cfg)
+    info = json.loads(sidecar_path(model).read_text(encoding="utf-8"))
+    print(f"wrote {model} and {sidecar_path(model)} (sha256 {info['sha256'][:16]}...)")
+    return 0
+
+
+def cmd_tokenizer_report(args: argparse.Namespace, overrides: list[str]) -> int:
+    from streamloco.data_pipeline.pipeline import report_from_config
+
+    cfg = _load(args, overrides)
+    print(report_from_config(cfg, args.reference))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streamloco",
@@ -73,9 +117,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    def add(name: str, func, help_: str) -> argparse.ArgumentParser:
-        p = sub.add_parser(name, help=help_, description=help_)
-        p.add_argument("--config", type=Path, default=None, help="TOML run config")
+    def add(name: str, func, help_: str, parent=sub, config: bool = True):
+        p = parent.add_parser(name, help=help_, description=help_)
+        if config:
+            p.add_argument("--config", type=Path, default=None, help="TOML run config")
         p.set_defaults(func=func)
         return p
 
@@ -88,6 +133,31 @@ def build_parser() -> argparse.ArgumentParser:
     p = add("config", cmd_config, "print the resolved config as TOML")
     p.add_argument("--explain", action="store_true", help="list every key with its doc")
     add("fragments", cmd_fragments, "show how the model is cut into fragments")
+
+    data = sub.add_parser("data", help="corpus and token shards").add_subparsers(
+        dest="data_command", required=True
+    )
+    p = add("demo", cmd_data_demo, "write the embedded low-resource demo corpus", data, False)
+    p.add_argument("out_dir", help="output directory (e.g. data/demo)")
+    p = add("tokenize", cmd_data_tokenize, "tokenize corpus.inputs into zstd token shards", data)
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+    tok = sub.add_parser("tokenizer", help="SentencePiece tokenizer").add_subparsers(
+        dest="tokenizer_command", required=True
+    )
+    add(
+        "train",
+        cmd_tokenizer_train,
+        "train SentencePiece on the train split with temperature sampling over languages",
+        tok,
+    )
+    p = add(
+        "report",
+        cmd_tokenizer_report,
+        "fertility and parity per language on the validation split",
+        tok,
+    )
+    p.add_argument("--reference", default="spa", help="language parity is measured against")
     return parser
 
 

@@ -8,6 +8,7 @@ release the GIL, so the groups really do run concurrently on a multi-core CPU.
 
 from __future__ import annotations
 
+import math
 import sys
 import threading
 import time
@@ -20,11 +21,9 @@ from streamloco.config import Config
 from streamloco.metrics import MemorySink, MetricsSink, NullSink, TensorBoardSink
 from streamloco.outer_optim.engine import EngineOptions, StreamingEngine, SyncEvent
 from streamloco.outer_optim.transport import InProcessHub, LinkModel
+from streamloco.workers.data_source import build_data_source, mean_loss
 from streamloco.workers.inner import build_inner_optimizer
 from streamloco.workers.model import Transformer, model_args, param_count
-from streamloco.workers.synthetic import MarkovLanguage, SyntheticStream
-
-EVAL_STREAM = 10_000  # stream id of the held-out evaluation batches (never a training group)
 
 
 @dataclass
@@ -42,7 +41,8 @@ class SimResult:
     params: int
     groups: list[GroupResult]
     eval_history: list[tuple[int, float]]  # (step, eval loss of the global parameters)
-    nll_floor: float  # the synthetic language's true NLL on the eval batches
+    eval_by_lang: dict[str, float]  # final eval loss per language
+    nll_floor: float | None  # the synthetic language's true NLL on the eval batches
     wall_s: float
     tokens: int  # tokens processed by all groups together
 
@@ -95,11 +95,7 @@ class _Run:
     def __init__(self, cfg: Config, sink: MetricsSink, progress: bool) -> None:
         self.cfg, self.sink, self.progress = cfg, sink, progress
         t = cfg.train
-        self.lang = MarkovLanguage(cfg.model.vocab_size, cfg.data.branching, seed=t.seed)
-        eval_stream = SyntheticStream(
-            self.lang, t.batch_size, cfg.model.seq_len, t.seed, EVAL_STREAM
-        )
-        self.eval_batches = [eval_stream.next() for _ in range(t.eval_batches)]
+        self.data = build_data_source(cfg)
         self.hub = InProcessHub(
             t.groups, LinkModel.from_mbps(cfg.transport.bandwidth_mbps, cfg.transport.latency_ms)
         )
@@ -109,6 +105,7 @@ class _Run:
         self.models = [build_model(cfg) for _ in range(t.groups)]
         self.eval_model = build_model(cfg)
         self.eval_history: list[tuple[int, float]] = []
+        self.eval_by_lang: dict[str, float] = {}
         self.errors: list[BaseException] = []
 
     def group_main(self, g: int) -> None:
@@ -127,7 +124,7 @@ class _Run:
         engine = StreamingEngine(
             model, EngineOptions.from_config(cfg.outer, cfg.transport.timeout_s), transport
         )
-        stream = SyntheticStream(self.lang, t.batch_size, cfg.model.seq_len, t.seed, g)
+        stream = self.data.stream(g)
         res = self.results[g]
         bar = _progress_bar(t.steps) if (g == 0 and self.progress) else None
         for step in range(1, t.steps + 1):
@@ -169,8 +166,14 @@ class _Run:
 
     def _evaluate(self, eval_model: Transformer, engine: StreamingEngine, step: int) -> None:
         load_global(eval_model, engine.global_state())
-        loss = evaluate(eval_model, self.eval_batches)
+        self.eval_by_lang = {
+            lang: evaluate(eval_model, batches) for lang, batches in self.data.eval_sets.items()
+        }
+        loss = mean_loss(self.eval_by_lang)
         self.eval_history.append((step, loss))
+        if len(self.eval_by_lang) > 1:
+            for lang, value in self.eval_by_lang.items():
+                self.sink.scalar(f"eval/loss/{lang}", value, step)
         self.sink.scalar("eval/loss", loss, step)
         self.sink.scalar("eval/perplexity", float(torch.tensor(loss).exp()), step)
 
@@ -234,7 +237,6 @@ def run_simulation(
     if run.errors:
         raise run.errors[0]
     wall = time.perf_counter() - t0
-    floor = _nll_floor(run)
     args = model_args(
         cfg.model.size, cfg.model.vocab_size, cfg.model.seq_len, cfg.model.tie_embeddings
     )
@@ -242,23 +244,11 @@ def run_simulation(
         params=param_count(args),
         groups=run.results,
         eval_history=run.eval_history,
-        nll_floor=floor,
+        eval_by_lang=run.eval_by_lang,
+        nll_floor=run.data.nll_floor,
         wall_s=wall,
         tokens=cfg.train.groups * cfg.train.steps * cfg.train.batch_size * cfg.model.seq_len,
     )
-
-
-def _nll_floor(run: _Run) -> float:
-    """The true model's mean NLL on the eval batches: the loss a perfect learner would reach."""
-    cfg = run.cfg
-    stream = SyntheticStream(
-        run.lang, cfg.train.batch_size, cfg.model.seq_len, cfg.train.seed, EVAL_STREAM
-    )
-    logps = [
-        run.lang.sample(cfg.train.batch_size, cfg.model.seq_len + 1, stream.generator)[1]
-        for _ in range(cfg.train.eval_batches)
-    ]
-    return float(-torch.cat(logps).mean())
 
 
 def summarize(cfg: Config, result: SimResult) -> str:
@@ -272,10 +262,22 @@ def summarize(cfg: Config, result: SimResult) -> str:
         f"alpha={cfg.outer.alpha} codec={cfg.outer.codec}"
         + (f"+zstd{cfg.outer.zstd_level}" if cfg.outer.zstd_level else "")
         + f" schedule={cfg.outer.schedule}",
-        f"final eval loss of the global parameters: {result.final_eval_loss:.4f} "
-        f"(the synthetic language's floor: {result.nll_floor:.4f})",
-        f"global parameters identical on all groups: {result.globals_identical()}",
+        f"final eval loss of the global parameters: {result.final_eval_loss:.4f}"
+        + (
+            f" (the synthetic language's floor: {result.nll_floor:.4f})"
+            if result.nll_floor is not None
+            else " (mean over languages)"
+        ),
     ]
+    if len(result.eval_by_lang) > 1:
+        lines.append(
+            "  per language: "
+            + ", ".join(
+                f"{lang} {loss:.3f} (ppl {math.exp(loss):.1f})"
+                for lang, loss in result.eval_by_lang.items()
+            )
+        )
+    lines.append(f"global parameters identical on all groups: {result.globals_identical()}")
     for g, res in enumerate(result.groups):
         moved = res.bytes_sent + res.bytes_received
         lines.append(

@@ -1,0 +1,125 @@
+"""Fertility and parity per language of tokenizers trained with T=1 and T=5 on the demo corpus.
+
+    .venv/bin/python benchmarks/bench_fertility.py [--corpus DIR] [--vocab-size 8000]
+        [--max-chars 3000000] [--heldout 0.1] [--seed 0] [--keep DIR] [--json PATH]
+
+Writes the demo corpus (`write_demo_corpus`, needs the ``demo`` extra) to a temporary directory
+unless ``--corpus`` names one already written, splits every language's documents into train and
+held-out by the pipeline's own per-document hash (`split_of`), trains two SentencePiece tokenizers
+that differ only in the language temperature (same vocabulary size, same sample size bound, same
+seed) and prints `fertility_report` on the held-out documents for each, then the per-language
+change. The sample bound keeps the run to a few minutes on two cores. Numbers are printed, never
+asserted; they are deterministic (no timing in the tables), so one run is the figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from streamloco.data_pipeline.corpus import CorpusSpec, iter_documents
+from streamloco.data_pipeline.documents import Document
+from streamloco.data_pipeline.tokenize import split_of
+from streamloco.tokenizer.model import Tokenizer, TokenizerOptions
+from streamloco.tokenizer.report import fertility_report, format_report
+from streamloco.tokenizer.train import train_tokenizer
+
+TEMPERATURES = (1.0, 5.0)
+
+
+def load_split(corpus: Path, heldout: float, seed: int) -> tuple[list[Document], list[Document]]:
+    docs = list(iter_documents([CorpusSpec(str(corpus / "*.jsonl.zst"))], on_error="fail"))
+    train = [d for d in docs if split_of(d, heldout, seed) == "train"]
+    held = [d for d in docs if split_of(d, heldout, seed) == "validation"]
+    return train, held
+
+
+def compare(rows: dict[float, list[dict]], shares: dict[float, dict], reference: str) -> str:
+    """Markdown table of the change from T=1 to T=5, then the parity gap of the languages
+    that pay more than the reference at T=1 (gap = parity - 1)."""
+    t1, t5 = ({r["lang"]: r for r in rows[t]} for t in TEMPERATURES)
+    s1, s5 = (shares[t] for t in TEMPERATURES)
+    lines = [
+        "| lang | sample share T=1 / T=5 | tokens/char T=1 | tokens/char T=5 | change "
+        "| parity T=1 | parity T=5 | byte fallback T=1 / T=5 |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
+    gaps = []
+    for lang in t1:
+        a, b = t1[lang], t5[lang]
+        change = b["tokens_per_char"] / a["tokens_per_char"] - 1
+        lines.append(
+            f"| {lang} | {s1.get(lang, 0):.1%} / {s5.get(lang, 0):.1%} "
+            f"| {a['tokens_per_char']:.3f} | {b['tokens_per_char']:.3f} | {change:+.1%} "
+            f"| {a['parity']:.2f} | {b['parity']:.2f} "
+            f"| {a['byte_fallback_rate']:.2%} / {b['byte_fallback_rate']:.2%} |"
+        )
+        if lang != reference and a["parity"] > 1.05:
+            gap1, gap5 = a["parity"] - 1, b["parity"] - 1
+            gaps.append(f"{lang} {gap1:.2f} -> {gap5:.2f} ({gap5 / gap1 - 1:+.0%})")
+    lines.append("")
+    lines.append(
+        f"parity gap to {reference} (parity - 1) of the languages above 1.05 at T=1: "
+        + ("; ".join(gaps) or "none")
+    )
+    return "\n".join(lines)
+
+
+def run(args: argparse.Namespace, corpus: Path, work: Path) -> dict:
+    train, held = load_split(corpus, args.heldout, args.seed)
+    print(f"train documents: {len(train):,}   held-out documents: {len(held):,}")
+    out: dict = {"args": vars(args) | {"corpus": str(corpus)}, "runs": {}}
+    rows, shares = {}, {}
+    for t in TEMPERATURES:
+        opts = TokenizerOptions(
+            vocab_size=args.vocab_size, temperature=t, max_chars=args.max_chars, seed=args.seed
+        )
+        t0 = time.perf_counter()
+        path = train_tokenizer(train, work / f"spm_t{t:g}", opts)
+        seconds = time.perf_counter() - t0
+        tok = Tokenizer.load(path)
+        rows[t] = fertility_report(tok, held, reference_lang=args.reference)
+        sample = tok.sidecar["sample"]
+        print(f"\n## T={t:g}: trained in {seconds:.1f} s, vocab {tok.vocab_size}")
+        total = sum(sample["chars"].values())
+        shares[t] = {k: v / total for k, v in sample["chars"].items()}
+        print(
+            f"sample: {total:,} chars; " + ", ".join(f"{k} {v:.1%}" for k, v in shares[t].items())
+        )
+        print(format_report(rows[t]))
+        out["runs"][f"T={t:g}"] = {"train_s": seconds, "sample": sample, "rows": rows[t]}
+    print("\n## change from T=1 to T=5 (held-out text)")
+    print(compare(rows, shares, args.reference))
+    return out
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--corpus", type=Path, help="demo corpus dir (default: write a fresh one)")
+    p.add_argument("--vocab-size", type=int, default=8000)
+    p.add_argument("--max-chars", type=int, default=3_000_000, help="training sample bound")
+    p.add_argument("--heldout", type=float, default=0.1, help="held-out share per language")
+    p.add_argument("--seed", type=int, default=0, help="split and sample seed")
+    p.add_argument("--reference", default="spa", help="language parity is measured against")
+    p.add_argument("--keep", type=Path, help="keep the two tokenizers in this directory")
+    p.add_argument("--json", type=Path, help="also write all numbers as JSON here")
+    args = p.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        corpus = args.corpus
+        if corpus is None:
+            from streamloco.data_pipeline.demo import write_demo_corpus
+
+            corpus = Path(tmp) / "demo"
+            print(write_demo_corpus(corpus).report())
+        work = args.keep or Path(tmp)
+        work.mkdir(parents=True, exist_ok=True)
+        out = run(args, corpus, work)
+    if args.json:
+        args.json.write_text(json.dumps(out, indent=2, default=str) + "\n", encoding="utf-8")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""The data pipeline's stages driven by one Config: corpus -> tokenizer -> shards -> report.
+
+Each function here only translates config keys into the stage's own options; the stages live in
+corpus.py, tokenizer/, tokenize.py and stay usable without a Config. The train/validation split is
+one rule everywhere (`split_of`: a hash of the document, per language): the tokenizer trains on the
+train split only, the report measures fertility on the validation split, and the shards carry the
+same split, so no held-out text is ever seen by the tokenizer or the model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from streamloco.config import Config
+from streamloco.data_pipeline.corpus import CorpusSpec, ReadStats, iter_documents
+from streamloco.data_pipeline.documents import Document
+from streamloco.data_pipeline.manifest import Manifest
+from streamloco.data_pipeline.normalize import NormalizeOptions
+from streamloco.data_pipeline.tokenize import split_of, tokenize_corpus
+
+
+def corpus_specs(cfg: Config) -> list[CorpusSpec]:
+    if not cfg.corpus.inputs:
+        raise ValueError(
+            "corpus.inputs: empty; list your corpus files (or run `streamloco data demo "
+            "data/demo` and use configs/data.toml)"
+        )
+    specs = []
+    for raw in cfg.corpus.inputs:
+        spec = CorpusSpec.parse(raw)
+        specs.append(
+            CorpusSpec(
+                spec.path, spec.format, spec.lang, cfg.corpus.text_field, cfg.corpus.lang_field
+            )
+        )
+    return specs
+
+
+def documents_factory(
+    cfg: Config, split: str | None = None, stats: ReadStats | None = None
+) -> Callable[[], Iterator[Document]]:
+    """A callable giving a fresh stream of the corpus (one split, or all documents)."""
+    specs = corpus_specs(cfg)
+    fraction, seed = cfg.data.validation_fraction, cfg.data.split_seed
+
+    def docs() -> Iterator[Document]:
+        for doc in iter_documents(specs, on_error=cfg.corpus.on_error, stats=stats):
+            if split is None or split_of(doc, fraction, seed) == split:
+                yield doc
+
+    return docs
+
+
+def tokenizer_model_path(cfg: Config) -> Path:
+    return Path(cfg.tokenizer.path + ".model")
+
+
+def train_tokenizer_from_config(cfg: Config) -> Path:
+    from streamloco.tokenizer.model import TokenizerOptions
+    from streamloco.tokenizer.train import train_tokenizer
+
+    tk = cfg.tokenizer
+    opts = TokenizerOptions(
+        vocab_size=tk.vocab_size,
+        model_type=tk.model_type,
+        character_coverage=tk.character_coverage,
+        split_digits=tk.split_digits,
+        temperature=tk.temperature,
+        max_chars=tk.max_chars,
+        seed=cfg.data.split_seed,
+        lang_tags=tk.lang_tags,
+        normalize=NormalizeOptions(
+            form=cfg.corpus.normalize_form, apostrophes=cfg.corpus.apostrophes
+        ),
+    )
+    out = Path(tk.path)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    return train_tokenizer(documents_factory(cfg, "train"), out, opts)
+
+
+def report_from_config(cfg: Config, reference_lang: str) -> str:
+    from streamloco.tokenizer.model import Tokenizer
+    from streamloco.tokenizer.report import fertility_report, format_report
+
+    tok = Tokenizer.load(tokenizer_model_path(cfg))
+    rows = fertility_report(tok, documents_factory(cfg, "validation")(), reference_lang)
+    return format_report(rows)
+
+
+def tokenize_from_config(cfg: Config, progress: bool = True) -> Manifest:
+    return tokenize_corpus(
+        documents_factory(cfg),
+        tokenizer_model_path(cfg),
+        Path(cfg.data.dir),
+        shard_tokens=cfg.data.shard_tokens,
+        validation_fraction=cfg.data.validation_fraction,
+        seed=cfg.data.split_seed,
+        workers=cfg.data.workers or None,
+        zstd_level=cfg.data.zstd_level,
+        progress=progress,
+    )
+
+
+def manifest_summary(manifest: Manifest) -> str:
+    """Shards, documents and tokens per language and split, as a console table."""
+    t = manifest.totals()
+    lines = [f"{'lang':<6}{'split':<12}{'shards':>8}{'documents':>12}{'tokens':>14}"]
+    for lang, splits in t["languages"].items():
+        for split, c in sorted(splits.items()):
+            lines.append(
+                f"{lang:<6}{split:<12}{c['shards']:>8}{c['documents']:>12,}{c['tokens']:>14,}"
+            )
+    lines.append(
+        f"{'total':<18}{t['shards']:>8}{t['documents']:>12,}{t['tokens']:>14,}"
+        f"  ({t['bytes'] / 1e6:.1f} MB compressed, {manifest.dtype}) in "
+        f"{manifest.data_dir}"
+    )
+    return "\n".join(lines)

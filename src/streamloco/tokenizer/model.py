@@ -1,0 +1,221 @@
+"""A trained SentencePiece model with its sidecar: load, encode, decode.
+
+Files: ``<prefix>.model`` (the SentencePiece model) and ``<prefix>.json`` (the sidecar written by
+`streamloco.tokenizer.train.train_tokenizer`: options, training sample counts, the model's sha256).
+`Tokenizer.load` refuses a model whose sha256 differs from the sidecar's, so token shards can
+never be silently decoded with a different vocabulary.
+
+Special ids are fixed for every model we train:
+
+====  ==========  ==========================================================
+id    piece       use
+====  ==========  ==========================================================
+0     ``<pad>``   padding (so zero-filled buffers are padding)
+1     ``<unk>``   unknown; never produced, since byte fallback covers any text
+2     ``<s>``     begin of sequence
+3     ``</s>``    end of document (the separator in token shards)
+4..   ``<2xxx>``  language tags (only with ``lang_tags``), sorted by language code
+next  ``\\n``     newline, one piece (documents keep their line structure)
+next  ``<0x00>``  .. ``<0xFF>``: the 256 byte-fallback pieces
+====  ==========  ==========================================================
+
+Exact round trip: ``decode(encode(x)) == normalize(x)`` for any string ``x`` (without lone
+surrogates, which are not encodable text). SentencePiece's own normalization is off (identity
+rule, no extra-whitespace removal, no dummy prefix), so the one thing it still rewrites is the
+space: it is stored as U+2581 (▁) and every ▁ is decoded as a space. A literal ▁ in the input is
+therefore encoded as its three UTF-8 byte pieces, which decode to ▁ verbatim (see `encode`).
+Control pieces (pad, bos, eos, language tags) decode to the empty string.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Literal
+
+import sentencepiece as spm
+
+from streamloco.data_pipeline.normalize import NormalizeOptions, normalize
+
+PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
+SPACE_SYMBOL = "\u2581"  # SentencePiece's stand-in for a space
+SIDECAR_FORMAT = "streamloco-tokenizer"
+SIDECAR_VERSION = 1
+
+
+def lang_tag_piece(lang: str) -> str:
+    """The piece that tags a language, NLLB style: ``<2nya>``."""
+    return f"<2{lang}>"
+
+
+@dataclass(frozen=True)
+class TokenizerOptions:
+    """How to train a tokenizer; stored in the sidecar so a model documents its own recipe."""
+
+    vocab_size: int = 8000
+    """Pieces in the vocabulary, specials and the 256 byte pieces included."""
+    model_type: Literal["unigram", "bpe"] = "unigram"
+    """SentencePiece algorithm."""
+    character_coverage: float = 0.9995
+    """Share of the sample's characters that get their own piece; the rarest go to bytes."""
+    byte_fallback: bool = True
+    """Always True: unseen characters become UTF-8 byte pieces, never ``<unk>``. The exact round
+    trip depends on it, so False is rejected rather than silently ignored."""
+    split_digits: bool = True
+    """Numbers become one piece per digit (consistent arithmetic tokens across languages)."""
+    temperature: float = 5.0
+    """Language sampling for the training sample: p(lang) ~ n_lang^(1/T); 1 = proportional."""
+    max_chars: int = 20_000_000
+    """Characters in the training sample (bounds training time and memory)."""
+    seed: int = 0
+    """Seed of the hash that selects the training sample."""
+    lang_tags: bool = False
+    """Add a control piece ``<2xxx>`` per language seen in training (see `Tokenizer.lang_tag`)."""
+    normalize: NormalizeOptions = field(default_factory=NormalizeOptions)
+    """Normalization applied to training text and to every text encoded."""
+
+    def __post_init__(self) -> None:
+        if not self.byte_fallback:
+            raise ValueError("TokenizerOptions.byte_fallback must be True (exact round trip)")
+        if self.model_type not in ("unigram", "bpe"):
+            raise ValueError(f"TokenizerOptions.model_type: {self.model_type!r} not unigram/bpe")
+        if self.vocab_size < 300:
+            raise ValueError(f"TokenizerOptions.vocab_size must be >= 300, got {self.vocab_size}")
+        if not 0 < self.character_coverage <= 1:
+            raise ValueError("TokenizerOptions.character_coverage must be in (0, 1]")
+        if self.temperature <= 0:
+            raise ValueError(f"TokenizerOptions.temperature must be > 0, got {self.temperature}")
+        if self.max_chars <= 0:
+            raise ValueError(f"TokenizerOptions.max_chars must be > 0, got {self.max_chars}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TokenizerOptions:
+        """Inverse of `to_dict`; unknown keys are an error naming them."""
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ValueError(f"unknown tokenizer option(s) {unknown}; known: {sorted(known)}")
+        values = dict(data)
+        if isinstance(values.get("normalize"), dict):
+            values["normalize"] = NormalizeOptions(**values["normalize"])
+        return cls(**values)
+
+
+def sidecar_path(model_path: str | Path) -> Path:
+    """``tok.model`` -> ``tok.json`` (any other name: the name plus ``.json``)."""
+    p = Path(model_path)
+    stem = p.name[: -len(".model")] if p.name.endswith(".model") else p.name
+    return p.with_name(stem + ".json")
+
+
+def sha256_bytes(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Tokenizer:
+    """Normalize, then SentencePiece; the exact inverse of itself up to normalization."""
+
+    def __init__(self, model_bytes: bytes, sidecar: dict[str, Any], path: Path | None = None):
+        self.path = path
+        self.sidecar = sidecar
+        self._model_bytes = model_bytes
+        self.sha256 = sha256_bytes(model_bytes)
+        self.options = TokenizerOptions.from_dict(sidecar["options"])
+        self.normalize_options: NormalizeOptions = self.options.normalize
+        self._sp = spm.SentencePieceProcessor(model_proto=model_bytes)
+        self.vocab_size: int = self._sp.get_piece_size()
+        self.pad_id, self.unk_id = self._sp.pad_id(), self._sp.unk_id()
+        self.bos_id, self.eos_id = self._sp.bos_id(), self._sp.eos_id()
+        self._lang_tags: dict[str, int] = dict(sidecar.get("lang_tags", {}))
+        self._space_bytes = [self._sp.piece_to_id(f"<0x{b:02X}>") for b in SPACE_SYMBOL.encode()]
+
+    @classmethod
+    def load(cls, path: str | Path) -> Tokenizer:
+        """Load ``<prefix>.model`` and check it against its sidecar ``<prefix>.json``."""
+        path = Path(path)
+        side = sidecar_path(path)
+        try:
+            model_bytes = path.read_bytes()
+        except FileNotFoundError:
+            raise ValueError(f"{path}: tokenizer model not found") from None
+        try:
+            sidecar = json.loads(side.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ValueError(f"{side}: sidecar of {path} not found") from None
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{side}: not valid JSON ({e})") from None
+        if not isinstance(sidecar, dict) or sidecar.get("format") != SIDECAR_FORMAT:
+            raise ValueError(f"{side}: not a {SIDECAR_FORMAT} sidecar")
+        actual = sha256_bytes(model_bytes)
+        if sidecar.get("sha256") != actual:
+            raise ValueError(
+                f"{path}: sha256 {actual} does not match {sidecar.get('sha256')} recorded in "
+                f"{side} (model replaced or corrupted; retrain or restore the pair)"
+            )
+        return cls(model_bytes, sidecar, path)
+
+    def normalize(self, text: str) -> str:
+        return normalize(text, self.normalize_options)
+
+    def _encode_normalized(self, text: str) -> list[int]:
+        if SPACE_SYMBOL not in text:
+            return self._sp.encode(text)
+        # A literal ▁ would decode as a space: emit its byte pieces instead (module doc).
+        ids: list[int] = []
+        for i, part in enumerate(text.split(SPACE_SYMBOL)):
+            if i:
+                ids.extend(self._space_bytes)
+            ids.extend(self._sp.encode(part))
+        return ids
+
+    def encode(self, text: str) -> list[int]:
+        """Token ids of ``normalize(text)``; no bos/eos added (the caller decides)."""
+        return self._encode_normalized(self.normalize(text))
+
+    def encode_batch(self, texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
+        """`encode` for many texts, using SentencePiece's threaded batch encoder."""
+        norm = [self.normalize(t) for t in texts]
+        plain = [i for i, t in enumerate(norm) if SPACE_SYMBOL not in t]
+        out: list[list[int]] = [[] for _ in norm]
+        encoded = self._sp.encode([norm[i] for i in plain], num_threads=num_threads)
+        for i, ids in zip(plain, encoded, strict=True):
+            out[i] = ids
+        for i, t in enumerate(norm):
+            if SPACE_SYMBOL in t:
+                out[i] = self._encode_normalized(t)
+        return out
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Text of `ids`; control pieces (pad, bos, eos, language tags) decode to nothing."""
+        return self._sp.decode([int(i) for i in ids])
+
+    def lang_tag(self, lang: str) -> int | None:
+        """Id of the ``<2xxx>`` tag of `lang`, or None (no tags, or language unseen in training)."""
+        return self._lang_tags.get(lang)
+
+    @property
+    def lang_tags(self) -> dict[str, int]:
+        return dict(self._lang_tags)
+
+    def id_to_piece(self, i: int) -> str:
+        return self._sp.id_to_piece(i)
+
+    def is_byte(self, i: int) -> bool:
+        """True for the 256 byte-fallback pieces ``<0x00>``..``<0xFF>``."""
+        return self._sp.is_byte(i)
+
+    def __reduce__(self) -> tuple[Any, ...]:
+        # Picklable (e.g. sent to worker processes): the model travels as its bytes.
+        return (Tokenizer, (self._model_bytes, self.sidecar, self.path))
+
+    def __repr__(self) -> str:
+        return (
+            f"Tokenizer({self.path}, vocab_size={self.vocab_size}, "
+            f"{self.options.model_type}, sha256={self.sha256[:12]})"
+        )

@@ -1,0 +1,124 @@
+"""Where a run's tokens come from: the tokenized corpus (shards) or the synthetic language.
+
+Both give every group its own deterministic stream of (B, T+1) windows and a fixed set of
+evaluation batches per language, so the training loop does not care which one it has.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import torch
+
+from streamloco.config import Config
+from streamloco.workers.synthetic import MarkovLanguage, SyntheticStream
+
+EVAL_STREAM = 10_000  # synthetic stream id of the held-out batches (never a training group)
+
+
+class BatchStream(Protocol):
+    def next(self) -> torch.Tensor: ...  # (B, T+1) int64
+    def state_dict(self) -> dict: ...
+    def load_state_dict(self, state: dict) -> None: ...
+
+
+@dataclass
+class DataSource:
+    kind: str
+    eval_sets: dict[str, list[torch.Tensor]]  # language -> fixed (B, T+1) batches
+    nll_floor: float | None = None  # the synthetic language's true NLL on its eval batches
+    _make_stream: object = field(default=None, repr=False)
+
+    def stream(self, group: int) -> BatchStream:
+        return self._make_stream(group)  # type: ignore[operator]
+
+
+class _LoaderStream:
+    """MixtureLoader behind the BatchStream protocol."""
+
+    def __init__(self, loader) -> None:
+        self.loader = loader
+
+    def next(self) -> torch.Tensor:
+        return self.loader.next_batch()
+
+    def state_dict(self) -> dict:
+        return self.loader.state_dict()
+
+    def load_state_dict(self, state: dict) -> None:
+        self.loader.load_state_dict(state)
+
+
+def build_data_source(cfg: Config) -> DataSource:
+    if cfg.data.source == "shards":
+        return _shard_source(cfg)
+    return _synthetic_source(cfg)
+
+
+def _synthetic_source(cfg: Config) -> DataSource:
+    t, seq = cfg.train, cfg.model.seq_len
+    lang = MarkovLanguage(cfg.model.vocab_size, cfg.data.branching, seed=t.seed)
+    held_out = SyntheticStream(lang, t.batch_size, seq, t.seed, EVAL_STREAM)
+    batches, logps = [], []
+    for _ in range(t.eval_batches):
+        tokens, logp = lang.sample(t.batch_size, seq + 1, held_out.generator)
+        batches.append(tokens)
+        logps.append(logp)
+    return DataSource(
+        kind="synthetic",
+        eval_sets={"synthetic": batches},
+        nll_floor=float(-torch.cat(logps).mean()),
+        _make_stream=lambda g: SyntheticStream(lang, t.batch_size, seq, t.seed, g),
+    )
+
+
+def _shard_source(cfg: Config) -> DataSource:
+    from streamloco.data_pipeline.loader import MixtureLoader, validation_batches
+    from streamloco.data_pipeline.manifest import load_manifest
+
+    manifest = load_manifest(Path(cfg.data.dir), verify="sha256")
+    vocab = manifest.tokenizer.vocab_size
+    if cfg.model.vocab_size < vocab:
+        raise ValueError(
+            f"model.vocab_size: {cfg.model.vocab_size} is smaller than the tokenizer's {vocab} "
+            f"({manifest.data_dir}/manifest.json); set --model.vocab_size={vocab}"
+        )
+    t, seq = cfg.train, cfg.model.seq_len
+    eval_sets = {}
+    for lang in manifest.languages("validation"):
+        val_tokens = sum(s.tokens for s in manifest.shards_for(lang, "validation"))
+        if val_tokens < seq + 1:
+            continue  # too little held-out text for even one window
+        eval_sets[lang] = list(
+            validation_batches(
+                manifest, lang, batch_size=t.batch_size, seq_len=seq, max_batches=t.eval_batches
+            )
+        )
+    if not eval_sets:
+        raise ValueError(
+            f"{manifest.data_dir}: no language has a validation window of "
+            f"{seq + 1} tokens; raise data.validation_fraction"
+        )
+
+    def make(g: int) -> BatchStream:
+        return _LoaderStream(
+            MixtureLoader(
+                manifest,
+                batch_size=t.batch_size,
+                seq_len=seq,
+                seed=t.seed,
+                group=g,
+                num_groups=t.groups,
+                temperature=cfg.data.temperature,
+            )
+        )
+
+    return DataSource(kind="shards", eval_sets=eval_sets, _make_stream=make)
+
+
+def mean_loss(losses: dict[str, float]) -> float:
+    """The overall eval loss: the plain mean over languages (each language counts the same)."""
+    return math.fsum(losses.values()) / len(losses)

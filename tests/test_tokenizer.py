@@ -1,0 +1,294 @@
+"""SentencePiece training, the exact round trip, the sidecar and the fertility report."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import pickle
+import random
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from streamloco.data_pipeline.documents import Document
+from streamloco.data_pipeline.normalize import NormalizeOptions, normalize
+from streamloco.tokenizer.model import (
+    BOS_ID,
+    EOS_ID,
+    PAD_ID,
+    UNK_ID,
+    Tokenizer,
+    TokenizerOptions,
+)
+from streamloco.tokenizer.report import fertility_report, format_report
+from streamloco.tokenizer.sampling import temperature_weights
+from streamloco.tokenizer.train import MAX_LINE_CHARS, split_line, train_tokenizer
+
+WORDS = {
+    "spa": "el la de que y en los se del las un por con no una su para es al lo como más",
+    "nya": "ndipo anati kwa Yehova Mulungu ana a Israeli ndi mu dziko la anthu onse",
+    "oto": "nu̱ ra hñä ya jä'i ma hai bi 'ñäni ngu ha mbo̱ho̱",
+}
+SIZES = {"spa": 300, "nya": 80, "oto": 15}
+
+
+def make_corpus(seed: int = 0) -> list[Document]:
+    """Documents of three languages: a few lines of random words plus digits."""
+    rng = random.Random(seed)
+    docs = []
+    for lang, n in SIZES.items():
+        for i in range(n):
+            lines = [" ".join(rng.choice(WORDS[lang].split()) for _ in range(10)) for _ in range(3)]
+            lines.append(f"{rng.randrange(10**6)} 0123456789")
+            docs.append(Document("\n".join(lines), lang, f"{lang}.jsonl", i + 1))
+    return docs
+
+
+OPTS = TokenizerOptions(vocab_size=400, lang_tags=True, max_chars=100_000)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> Path:
+    return train_tokenizer(make_corpus(), tmp_path_factory.mktemp("tok") / "spm", OPTS)
+
+
+@pytest.fixture(scope="module")
+def tok(trained) -> Tokenizer:
+    return Tokenizer.load(trained)
+
+
+# ---------------------------------------------------------------- round trip
+
+EDGE_CASES = [
+    "",
+    "Ndipo anati kwa Yehova",
+    "  leading and trailing  ",
+    "tabs\tand\n\nnewlines\r\nand \r returns\n",
+    "emoji 😀👍🏽 and flags 🇲🇼",
+    "CJK 日本語 한국어 and Devanagari हिन्दी",
+    "combining: e\u0301 a\u0331 o\u0332 n\u0303",
+    "apostrophes ’ ʼ ꞌ ´ ` '",
+    "a literal \u2581 (SentencePiece's space) \u2581\u2581 twice",
+    "<2nya> is text, not a tag; <s></s><pad><unk>",
+    "invisible\u200b\u00ad\ufeff and controls \x00\x07\x1b",
+    "no-break\u00a0space and\u3000ideographic",
+    "12345 67.89",
+]
+
+
+@pytest.mark.parametrize("text", EDGE_CASES)
+def test_round_trip_edge_cases(tok, text):
+    assert tok.decode(tok.encode(text)) == normalize(text)
+
+
+@settings(max_examples=1000, deadline=None, derandomize=True)
+@given(
+    st.text(max_size=80)
+    | st.text(alphabet="ab \t\n\r\u2581\u0301\u0331\u0332'’\u00a0日😀1<>", max_size=40)
+)
+def test_round_trip_property(tok, text):
+    ids = tok.encode(text)
+    assert tok.decode(ids) == normalize(text)
+    assert UNK_ID not in ids
+
+
+def test_round_trip_exact_without_normalization(tmp_path):
+    # With every rule off the tokenizer must reproduce control characters, \r and runs of
+    # spaces verbatim: nothing inside SentencePiece may rewrite text either.
+    keep = NormalizeOptions(
+        apostrophes="keep",
+        underline=False,
+        strip_invisible=False,
+        spaces=False,
+        collapse_whitespace=False,
+    )
+    opts = TokenizerOptions(vocab_size=350, normalize=keep, model_type="bpe")
+    tok = Tokenizer.load(train_tokenizer(make_corpus(), tmp_path / "raw", opts))
+
+    @settings(max_examples=150, deadline=None, derandomize=True)
+    @given(st.text(alphabet="a \t\n\r\x00\x1f\u00a0\u2581\u200b’e\u0301", max_size=30))
+    def check(text):
+        assert tok.decode(tok.encode(text)) == normalize(text, keep)
+
+    check()
+    assert tok.decode(tok.encode("a  \r\n\x00b ")) == "a  \r\n\x00b "
+
+
+def test_encode_normalizes(tok):
+    assert tok.encode("ja’i e\u0301 o\u0332") == tok.encode("ja'i é o\u0331")
+
+
+def test_encode_batch_equals_encode(tok):
+    texts = [*EDGE_CASES, *(d.text for d in make_corpus(seed=1)[:50])]
+    assert tok.encode_batch(texts, num_threads=2) == [tok.encode(t) for t in texts]
+
+
+@settings(
+    max_examples=50, deadline=None, derandomize=True, suppress_health_check=[HealthCheck.too_slow]
+)
+@given(st.lists(st.text(max_size=20), max_size=5))
+def test_encode_batch_property(tok, texts):
+    assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
+
+
+# ---------------------------------------------------------------- vocabulary
+
+
+def test_special_ids(tok):
+    assert (tok.pad_id, tok.unk_id, tok.bos_id, tok.eos_id) == (PAD_ID, UNK_ID, BOS_ID, EOS_ID)
+    assert (PAD_ID, UNK_ID, BOS_ID, EOS_ID) == (0, 1, 2, 3)
+    pieces = [tok.id_to_piece(i) for i in range(4)]
+    assert pieces == ["<pad>", "<unk>", "<s>", "</s>"]
+    ids = tok.encode("ndipo anati")
+    # Control pieces decode to nothing, so a document with bos/eos decodes to its text.
+    assert tok.decode([BOS_ID, *ids, EOS_ID, PAD_ID]) == "ndipo anati"
+
+
+def test_newline_is_one_piece_and_unseen_script_is_bytes(tok):
+    assert tok.encode("\n") == [tok.sidecar["newline_id"]]
+    ids = tok.encode("日")
+    assert len(ids) == 3 and all(tok.is_byte(i) for i in ids)  # 3 UTF-8 bytes
+    assert not any(tok.is_byte(i) for i in tok.encode("ndipo anati kwa Yehova"))
+
+
+def test_vocab_learns_words_and_splits_digits(tok):
+    assert len(tok.encode(" Yehova")) <= 2
+    assert len(tok.encode("2024")) == 4
+
+
+def test_lang_tags(tok, tmp_path):
+    tags = tok.lang_tags
+    assert sorted(tags) == ["nya", "oto", "spa"]
+    assert sorted(tags.values()) == [4, 5, 6]
+    assert tok.id_to_piece(tok.lang_tag("nya")) == "<2nya>"
+    assert tok.lang_tag("fra") is None
+    # Tags are control pieces: text spelling a tag is not turned into one, and it decodes to "".
+    assert tok.lang_tag("nya") not in tok.encode("<2nya>")
+    assert tok.decode([tok.lang_tag("nya"), *tok.encode("ndipo")]) == "ndipo"
+    plain = TokenizerOptions(vocab_size=350)
+    untagged = Tokenizer.load(train_tokenizer(make_corpus(), tmp_path / "plain", plain))
+    assert untagged.lang_tag("nya") is None and untagged.lang_tags == {}
+
+
+def test_long_lines_are_trained_on(tmp_path):
+    # One 40,000-character line: SentencePiece would skip it whole without split_line.
+    docs = [Document("zorkma " * 6000, "xxx", "long.txt", 1), Document("ab cd", "yyy", "s", 1)]
+    tok = Tokenizer.load(train_tokenizer(docs, tmp_path / "long", TokenizerOptions(300)))
+    assert tok.encode(" zorkma") == [tok._sp.piece_to_id("\u2581zorkma")]  # learned as one piece
+    chunks = list(split_line("word " * 3000))
+    assert all(len(c) <= MAX_LINE_CHARS for c in chunks)
+    assert "".join(chunks) == "word " * 3000
+
+
+# ---------------------------------------------------------------- files
+
+
+def test_sidecar_content(trained, tok):
+    side = json.loads(trained.with_suffix(".json").read_text(encoding="utf-8"))
+    assert side["format"] == "streamloco-tokenizer"
+    assert side["sha256"] == hashlib.sha256(trained.read_bytes()).hexdigest() == tok.sha256
+    assert side["vocab_size"] == tok.vocab_size <= OPTS.vocab_size
+    assert TokenizerOptions.from_dict(side["options"]) == OPTS == tok.options
+    assert side["special_ids"] == {"pad": 0, "unk": 1, "bos": 2, "eos": 3}
+    sample = side["sample"]
+    corpus = sample["corpus_chars"]
+    assert corpus == {
+        lang: sum(len(normalize(d.text)) for d in make_corpus() if d.lang == lang) for lang in SIZES
+    }
+    assert sample["weights"] == pytest.approx(temperature_weights(corpus, OPTS.temperature))
+    # T=5 lifts the small language: its share of the sample exceeds its share of the corpus.
+    share = {k: v / sum(sample["chars"].values()) for k, v in sample["chars"].items()}
+    assert share["oto"] > 2 * corpus["oto"] / sum(corpus.values())
+    assert set(sample["documents"]) == set(SIZES)
+    assert side["sentencepiece_version"]
+
+
+def test_files_written_atomically(trained):
+    names = sorted(p.name for p in trained.parent.iterdir())
+    assert names == ["spm.json", "spm.model"]  # no temp files left behind
+
+
+def test_sha256_mismatch_is_rejected(tmp_path, trained):
+    model = tmp_path / "t.model"
+    model.write_bytes(trained.read_bytes() + b"\x00")
+    (tmp_path / "t.json").write_bytes(trained.with_suffix(".json").read_bytes())
+    with pytest.raises(
+        ValueError, match=r"t\.model: sha256 \w+ does not match \w+ recorded in .*t\.json"
+    ):
+        Tokenizer.load(model)
+
+
+def test_missing_or_bad_sidecar(tmp_path, trained):
+    model = tmp_path / "m.model"
+    model.write_bytes(trained.read_bytes())
+    with pytest.raises(ValueError, match=r"m\.json: sidecar of .*m\.model not found"):
+        Tokenizer.load(model)
+    (tmp_path / "m.json").write_text("{nope", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"m\.json: not valid JSON"):
+        Tokenizer.load(model)
+    with pytest.raises(ValueError, match="tokenizer model not found"):
+        Tokenizer.load(tmp_path / "absent.model")
+
+
+def test_training_is_deterministic(tmp_path, trained):
+    again = train_tokenizer(make_corpus(), tmp_path / "again", OPTS)
+    assert again.read_bytes() == trained.read_bytes()
+
+
+def test_training_input_errors(tmp_path):
+    with pytest.raises(ValueError, match="fresh iterator"):
+        train_tokenizer(iter(make_corpus()), tmp_path / "x", OPTS)
+    with pytest.raises(ValueError, match="no non-empty documents"):
+        train_tokenizer([Document(" \n ", "spa", "f", 1)], tmp_path / "x", OPTS)
+    assert list(tmp_path.iterdir()) == []
+    # A callable giving a fresh iterator each time is the streaming form.
+    assert train_tokenizer(make_corpus, tmp_path / "y", OPTS).exists()
+
+
+def test_options_validation():
+    with pytest.raises(ValueError, match="byte_fallback must be True"):
+        TokenizerOptions(byte_fallback=False)
+    with pytest.raises(ValueError, match="vocab_size"):
+        TokenizerOptions(vocab_size=100)
+    with pytest.raises(ValueError, match=r"unknown tokenizer option\(s\) \['vocab'\]"):
+        TokenizerOptions.from_dict({"vocab": 5})
+
+
+def test_pickle(tok):
+    clone = pickle.loads(pickle.dumps(tok))
+    assert clone.sha256 == tok.sha256
+    assert clone.encode("ndipo 日") == tok.encode("ndipo 日")
+
+
+# ---------------------------------------------------------------- report
+
+
+def test_fertility_report_hand_checked(tok):
+    # Digits are single pieces (split_digits, seen in training): one token per character.
+    # "日本" and "日本語" are unseen: one byte piece per UTF-8 byte (3 per character).
+    docs = [
+        Document("1234", "spa", "s", 1),
+        Document("5678", "spa", "s", 2),
+        Document("日本", "jpn", "j", 1),
+        Document("日本語", "jpn", "j", 2),
+    ]
+    rows = fertility_report(tok, docs, reference_lang="spa")
+    assert [r["lang"] for r in rows] == ["spa", "jpn"]
+    spa, jpn = rows
+    assert (spa["documents"], spa["chars"], spa["words"], spa["tokens"]) == (2, 8, 2, 8)
+    assert (spa["tokens_per_char"], spa["tokens_per_word"], spa["parity"]) == (1.0, 4.0, 1.0)
+    assert spa["byte_fallback_rate"] == 0.0 and spa["unk_rate"] == 0.0
+    assert (jpn["documents"], jpn["chars"], jpn["words"], jpn["tokens"]) == (2, 5, 2, 15)
+    assert (jpn["tokens_per_char"], jpn["tokens_per_word"], jpn["parity"]) == (3.0, 7.5, 3.0)
+    assert jpn["byte_fallback_rate"] == 1.0
+    table = format_report(rows)
+    assert table.splitlines()[0].startswith("| lang | docs | chars |")
+    assert "| jpn | 2 | 5 | 15 | 3.000 | 7.50 | 100.00% | 0.00% | 3.00 |" in table
+
+
+def test_fertility_report_without_reference(tok):
+    rows = fertility_report(tok, [Document("ndipo anati", "nya", "n", 1)], reference_lang="spa")
+    assert rows[0]["parity"] is None
+    assert "| - |" in format_report(rows)
