@@ -6,7 +6,8 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo test lint format bench clean
+.PHONY: setup demo data test lint format bench clean
+SL := $(VENV)/bin/streamloco
 
 $(VENV)/.installed: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,8 +18,21 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-demo: setup
-	$(VENV)/bin/streamloco simulate --config configs/demo.toml
+# The demo corpus, tokenizer and shards are files: make rebuilds only what is missing.
+data/demo/demo_corpus.json: | setup
+	$(SL) data demo data/demo
+
+data/tokenizer/demo.model: data/demo/demo_corpus.json configs/demo.toml
+	$(SL) tokenizer train --config configs/demo.toml
+
+data/shards/manifest.json: data/tokenizer/demo.model
+	$(SL) data tokenize --config configs/demo.toml
+
+data: setup data/shards/manifest.json
+	$(SL) tokenizer report --config configs/demo.toml
+
+demo: data
+	$(SL) simulate --config configs/demo.toml
 
 test: setup
 	$(VENV)/bin/ruff check .
@@ -34,6 +48,8 @@ format: setup
 
 bench: setup
 	$(PY) benchmarks/bench_codecs.py
+	$(PY) benchmarks/bench_fertility.py
+	$(PY) benchmarks/bench_data.py
 	$(PY) benchmarks/bench_wire_bytes.py
 	$(PY) benchmarks/bench_outer_apply.py
 	$(PY) benchmarks/bench_overlap.py

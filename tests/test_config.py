@@ -10,7 +10,7 @@ CONFIGS = sorted((Path(__file__).parent.parent / "configs").rglob("*.toml"))
 
 
 def test_there_are_shipped_configs():
-    assert {"smoke.toml", "demo.toml", "diloco.toml"} <= {p.name for p in CONFIGS}
+    assert {"smoke.toml", "demo.toml", "synthetic.toml", "diloco.toml"} <= {p.name for p in CONFIGS}
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)

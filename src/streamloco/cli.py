@@ -74,7 +74,7 @@ def cmd_data_demo(args: argparse.Namespace, overrides: list[str]) -> int:
     print(stats.report())
     print(
         f"wrote {args.out_dir}/*.jsonl.zst; next: streamloco tokenizer train --config "
-        "configs/data.toml"
+        "configs/demo.toml"
     )
     return 0
 

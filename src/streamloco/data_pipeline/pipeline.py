@@ -24,7 +24,7 @@ def corpus_specs(cfg: Config) -> list[CorpusSpec]:
     if not cfg.corpus.inputs:
         raise ValueError(
             "corpus.inputs: empty; list your corpus files (or run `streamloco data demo "
-            "data/demo` and use configs/data.toml)"
+            "data/demo` and use configs/demo.toml)"
         )
     specs = []
     for raw in cfg.corpus.inputs:
