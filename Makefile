@@ -18,14 +18,17 @@ $(VENV)/.installed: pyproject.toml
 
 setup: $(VENV)/.installed
 
-# The demo corpus, tokenizer and shards are files: make rebuilds only what is missing.
+# The demo corpus, tokenizer and shards are files: make builds only what is missing
+# (`rm -rf data` rebuilds all; an interrupted tokenization resumes where it stopped).
 data/demo/demo_corpus.json: | setup
 	$(SL) data demo data/demo
 
-data/tokenizer/demo.model: data/demo/demo_corpus.json configs/demo.toml
+data/tokenizer/demo.model: data/demo/demo_corpus.json
 	$(SL) tokenizer train --config configs/demo.toml
 
 data/shards/manifest.json: data/tokenizer/demo.model
+	@# finished shards older than the tokenizer are stale: start over (a partial run resumes)
+	if [ -f $@ ]; then rm -rf data/shards; fi
 	$(SL) data tokenize --config configs/demo.toml
 
 data: setup data/shards/manifest.json

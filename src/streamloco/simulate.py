@@ -9,7 +9,6 @@ release the GIL, so the groups really do run concurrently on a multi-core CPU.
 from __future__ import annotations
 
 import math
-import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -206,17 +205,9 @@ def _human(n: float) -> str:
 
 
 def _progress_bar(total: int):
-    from tqdm import tqdm
+    from streamloco.progress import progress_bar
 
-    # In a log (Ray job, CI) a bar that redraws 10x a second floods it: redraw every 10 s there.
-    interactive = sys.stderr.isatty()
-    return tqdm(
-        total=total,
-        desc="group 0",
-        unit="step",
-        dynamic_ncols=True,
-        mininterval=0.1 if interactive else 10.0,
-    )
+    return progress_bar(total, desc="group 0", unit="step")
 
 
 def run_simulation(

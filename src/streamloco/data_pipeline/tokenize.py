@@ -48,7 +48,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm import tqdm
 
 from streamloco.data_pipeline.documents import Document
 from streamloco.data_pipeline.manifest import (
@@ -62,6 +61,7 @@ from streamloco.data_pipeline.manifest import (
     write_manifest,
 )
 from streamloco.data_pipeline.shards import TMP_MARK, atomic_write, write_shard
+from streamloco.progress import progress_bar
 from streamloco.tokenizer.model import Tokenizer
 
 JOURNAL_NAME = "journal.jsonl"
@@ -426,7 +426,7 @@ def tokenize_corpus(
     t0 = time.perf_counter()
     try:
         run = _Run(out_dir, journal, fp, chunk_docs)
-        with tqdm(desc="tokenize", unit="doc", disable=not progress, dynamic_ncols=True) as bar:
+        with progress_bar(desc="tokenize", unit="doc", disable=not progress) as bar:
             # closing(): on an error the worker pool shuts down now, not when the traceback dies
             encoded = closing(
                 _encoded_chunks(run.chunks(docs_factory()), tok, workers, manifest.dtype)
