@@ -30,9 +30,7 @@ import argparse
 import json
 import os
 import random
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
@@ -44,15 +42,7 @@ from streamloco.data_pipeline.shards import iter_shard_chunks, write_shard
 from streamloco.data_pipeline.tokenize import tokenize_corpus
 from streamloco.tokenizer.model import Tokenizer, TokenizerOptions
 from streamloco.tokenizer.train import train_tokenizer
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from timing import median_time  # benchmarks/timing.py (scripts run from the repo root)
 
 
 def load_corpus(tmp: Path, synthetic: bool) -> tuple[list[Document], str]:

@@ -12,23 +12,13 @@ fp32-codec apply measured in the same run. Prints a table; asserts nothing.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import torch
 
 from streamloco.outer_optim.engine import EngineOptions, StreamingEngine, _InFlight
 from streamloco.outer_optim.transport import CompletedHandle, InProcessHub
 from streamloco.workers.model import Transformer, model_args
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
+from timing import median_time  # benchmarks/timing.py (scripts run from the repo root)
 
 
 def bench_codec(
