@@ -75,7 +75,10 @@ class DataConfig:
     shard_tokens: int = _f(8_000_000, "target tokens per shard")
     validation_fraction: float = _f(0.02, "share of each language's documents held out")
     split_seed: int = _f(0, "seed of the per-document train/validation hash")
-    workers: int = _f(0, "tokenization processes (0 = one per CPU core)")
+    workers: int = _f(0, "tokenization processes or Ray tasks in flight/2 (0 = CPU cores)")
+    executor: Literal["auto", "processes", "ray"] = _f(
+        "auto", "who tokenizes: local processes, or Ray tasks (auto: Ray when RAY_ADDRESS is set)"
+    )
     zstd_level: int = _f(3, "zstd level of the token shards")
     temperature: float = _f(5.0, "loader language mixture: p ~ train tokens^(1/T)")
     branching: int = _f(4, "synthetic: plausible next tokens per context (sets the entropy floor)")

@@ -9,6 +9,7 @@ same split, so no held-out text is ever seen by the tokenizer or the model.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -89,6 +90,9 @@ def report_from_config(cfg: Config, reference_lang: str) -> str:
 
 
 def tokenize_from_config(cfg: Config, progress: bool = True) -> Manifest:
+    executor = cfg.data.executor
+    if executor == "auto":  # a Ray job (or a shell pointed at a cluster) has RAY_ADDRESS set
+        executor = "ray" if os.environ.get("RAY_ADDRESS") else "processes"
     return tokenize_corpus(
         documents_factory(cfg),
         tokenizer_model_path(cfg),

@@ -45,7 +45,7 @@ from contextlib import closing
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal
 
 import numpy as np
 
@@ -117,8 +117,41 @@ def _encode_in_worker(texts: list[str], dtype: str) -> tuple[np.ndarray, np.ndar
     return _encode(_WORKER_TOKENIZER, texts, dtype)
 
 
-def _encoded_chunks(
+def _ray_encoded_chunks(
     chunks: Iterable[list[tuple[Document, str]]], tok: Tokenizer, workers: int, dtype: str
+) -> Iterator[tuple[list[tuple[Document, str]], tuple[np.ndarray, np.ndarray]]]:
+    """The same ordered, bounded window as the process pool, with Ray tasks on the cluster.
+
+    The tokenizer goes to the object store once; results come back in input order, so the
+    shards are byte-identical to a local run. `workers` bounds the tasks in flight (x2).
+    """
+    import ray
+
+    if not ray.is_initialized():
+        ray.init()  # RAY_ADDRESS (a job on a cluster) or a local instance
+    encode = ray.remote(num_cpus=1)(_encode)
+    tok_ref = ray.put(tok)
+    pending: deque = deque()
+    try:
+        for chunk in chunks:
+            pending.append((chunk, encode.remote(tok_ref, [d.text for d, _ in chunk], dtype)))
+            if len(pending) >= 2 * workers:
+                done, ref = pending.popleft()
+                yield done, ray.get(ref)
+        while pending:
+            done, ref = pending.popleft()
+            yield done, ray.get(ref)
+    finally:
+        for _, ref in pending:
+            ray.cancel(ref)
+
+
+def _encoded_chunks(
+    chunks: Iterable[list[tuple[Document, str]]],
+    tok: Tokenizer,
+    workers: int,
+    dtype: str,
+    executor: str = "processes",
 ) -> Iterator[tuple[list[tuple[Document, str]], tuple[np.ndarray, np.ndarray]]]:
     """Encode chunks, yielding results in input order with at most 2*workers chunks in flight.
 
@@ -127,6 +160,9 @@ def _encoded_chunks(
     ProcessPoolExecutor rather than Pool: a worker killed by the OS raises BrokenProcessPool
     instead of hanging the run.
     """
+    if executor == "ray":
+        yield from _ray_encoded_chunks(chunks, tok, workers, dtype)
+        return
     if workers <= 1:
         for chunk in chunks:
             yield chunk, _encode(tok, [d.text for d, _ in chunk], dtype)
@@ -387,10 +423,12 @@ def tokenize_corpus(
     zstd_level: int = 3,
     progress: bool = True,
     chunk_docs: int = 256,
+    executor: Literal["processes", "ray"] = "processes",
 ) -> Manifest:
     """Tokenize the documents of `docs_factory()` into shards under `out_dir` (module doc).
 
-    `workers` processes encode (default: all cores; <= 1 encodes in this process);
+    `workers` processes encode (default: all cores; <= 1 encodes in this process), or with
+    ``executor="ray"`` Ray tasks on the cluster (`workers` then bounds the tasks in flight);
     `chunk_docs` documents (or ~1M characters) go to a worker at a time. Re-running resumes an
     interrupted run or, on a finished dir, returns its manifest without reading the corpus.
     """
@@ -429,7 +467,7 @@ def tokenize_corpus(
         with progress_bar(desc="tokenize", unit="doc", disable=not progress) as bar:
             # closing(): on an error the worker pool shuts down now, not when the traceback dies
             encoded = closing(
-                _encoded_chunks(run.chunks(docs_factory()), tok, workers, manifest.dtype)
+                _encoded_chunks(run.chunks(docs_factory()), tok, workers, manifest.dtype, executor)
             )
             with encoded as results:
                 for chunk, (lengths, flat) in results:
