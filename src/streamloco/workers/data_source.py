@@ -7,7 +7,8 @@ evaluation batches per language, so the training loop does not care which one it
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Protocol
 
@@ -29,11 +30,11 @@ class BatchStream(Protocol):
 class DataSource:
     kind: str
     eval_sets: dict[str, list[torch.Tensor]]  # language -> fixed (B, T+1) batches
+    make_stream: Callable[[int], BatchStream]  # group -> its own deterministic stream
     nll_floor: float | None = None  # the synthetic language's true NLL on its eval batches
-    _make_stream: object = field(default=None, repr=False)
 
     def stream(self, group: int) -> BatchStream:
-        return self._make_stream(group)  # type: ignore[operator]
+        return self.make_stream(group)
 
 
 class _LoaderStream:
@@ -71,7 +72,7 @@ def _synthetic_source(cfg: Config) -> DataSource:
         kind="synthetic",
         eval_sets={"synthetic": batches},
         nll_floor=float(-torch.cat(logps).mean()),
-        _make_stream=lambda g: SyntheticStream(lang, t.batch_size, seq, t.seed, g),
+        make_stream=lambda g: SyntheticStream(lang, t.batch_size, seq, t.seed, g),
     )
 
 
@@ -116,7 +117,7 @@ def _shard_source(cfg: Config) -> DataSource:
             )
         )
 
-    return DataSource(kind="shards", eval_sets=eval_sets, _make_stream=make)
+    return DataSource(kind="shards", eval_sets=eval_sets, make_stream=make)
 
 
 def mean_loss(losses: dict[str, float]) -> float:
