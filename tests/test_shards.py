@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from streamloco.atomic import TMP_MARK, atomic_write
 from streamloco.data_pipeline.manifest import (
     Manifest,
     ManifestError,
@@ -22,9 +23,7 @@ from streamloco.data_pipeline.manifest import (
 )
 from streamloco.data_pipeline.shards import (
     HEADER_SIZE,
-    TMP_MARK,
     ShardError,
-    atomic_write,
     file_sha256,
     iter_shard_chunks,
     read_header,

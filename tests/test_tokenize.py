@@ -12,11 +12,12 @@ import pytest
 import torch
 
 import streamloco.data_pipeline.tokenize as tokenize_mod
+from streamloco.atomic import TMP_MARK
 from streamloco.data_pipeline.documents import Document
 from streamloco.data_pipeline.loader import MixtureLoader
 from streamloco.data_pipeline.manifest import load_manifest
 from streamloco.data_pipeline.normalize import normalize
-from streamloco.data_pipeline.shards import TMP_MARK, read_shard
+from streamloco.data_pipeline.shards import read_shard
 from streamloco.data_pipeline.tokenize import (
     JOURNAL_NAME,
     TokenizeError,

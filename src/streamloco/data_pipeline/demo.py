@@ -44,15 +44,14 @@ import hashlib
 import importlib
 import importlib.metadata
 import json
-import os
 import re
-import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 from types import ModuleType
 
 import zstandard
 
+from streamloco.atomic import atomic_write_bytes
 from streamloco.data_pipeline.corpus import ReadStats
 from streamloco.data_pipeline.documents import CorpusError, Document
 
@@ -122,7 +121,7 @@ def write_demo_corpus(out_dir: Path) -> ReadStats:
         "packages": {dist: importlib.metadata.version(dist) for dist in _PACKAGES.values()},
     }
     text = json.dumps(summary, ensure_ascii=False, indent=2) + "\n"
-    _write_atomic(out_dir / SUMMARY_NAME, text.encode("utf-8"))
+    atomic_write_bytes(out_dir / SUMMARY_NAME, text.encode("utf-8"))
     return stats
 
 
@@ -227,20 +226,5 @@ def _write_jsonl_zst(path: Path, docs: list[Document]) -> dict[str, object]:
         for d in docs
     )
     data = zstandard.ZstdCompressor(level=ZSTD_LEVEL).compress("".join(lines).encode("utf-8"))
-    _write_atomic(path, data)
+    atomic_write_bytes(path, data)
     return {"file": path.name, "bytes": len(data), "sha256": hashlib.sha256(data).hexdigest()}
-
-
-def _write_atomic(path: Path, data: bytes) -> None:
-    """Write to a temporary file in the same directory, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.chmod(tmp, 0o644)  # mkstemp creates 0600; the corpus is ordinary readable data
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

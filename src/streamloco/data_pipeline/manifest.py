@@ -30,7 +30,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path, PurePosixPath
 from typing import Any, Literal
 
-from streamloco.data_pipeline.shards import ShardError, atomic_write, file_sha256, read_header
+from streamloco.atomic import atomic_write
+from streamloco.data_pipeline.shards import ShardError, file_sha256, read_header
 
 FORMAT = "streamloco-shards"
 VERSION = 1

@@ -22,18 +22,18 @@ crash never leaves a file under the final name that is not complete.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import os
 import struct
 import zlib
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import numpy as np
 import zstandard
+
+from streamloco.atomic import atomic_write
 
 MAGIC = b"SLTK"
 VERSION = 1
@@ -42,7 +42,6 @@ DTYPE_NAMES = {1: "uint16", 2: "uint32"}
 _HEAD = struct.Struct("<4sBBHQQ")  # everything the crc covers
 _CRC = struct.Struct("<I")
 HEADER_SIZE = _HEAD.size + _CRC.size  # 28
-TMP_MARK = ".tmp-"  # temporary files are "<final name>.tmp-<pid>"
 
 
 class ShardError(ValueError):
@@ -102,31 +101,6 @@ def read_header(path: Path) -> ShardHeader:
     path = Path(path)
     with open(path, "rb") as f:
         return _parse_header(f.read(HEADER_SIZE), path)
-
-
-def atomic_write(path: Path, write: Callable[[BinaryIO], None]) -> None:
-    """Call `write(f)` on a temporary file next to `path`, fsync it, then rename it to `path`.
-
-    The temporary name is ``<name>.tmp-<pid>`` (the same directory, so the rename is atomic);
-    on any error it is removed. The directory is fsynced too so the rename survives a crash.
-    """
-    path = Path(path)
-    tmp = path.with_name(f"{path.name}{TMP_MARK}{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            write(f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
-        raise
-    fd = os.open(path.parent, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class _HashingWriter:

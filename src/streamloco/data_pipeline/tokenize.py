@@ -49,6 +49,7 @@ from typing import Any, Literal
 
 import numpy as np
 
+from streamloco.atomic import TMP_MARK, atomic_write
 from streamloco.data_pipeline.documents import Document
 from streamloco.data_pipeline.manifest import (
     MANIFEST_NAME,
@@ -60,7 +61,7 @@ from streamloco.data_pipeline.manifest import (
     verify_shard,
     write_manifest,
 )
-from streamloco.data_pipeline.shards import TMP_MARK, atomic_write, write_shard
+from streamloco.data_pipeline.shards import write_shard
 from streamloco.progress import progress_bar
 from streamloco.tokenizer.model import Tokenizer
 

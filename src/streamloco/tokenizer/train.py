@@ -21,7 +21,6 @@ import json
 import os
 import re
 import sys
-import tempfile
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import replace
@@ -29,6 +28,7 @@ from pathlib import Path
 
 import sentencepiece as spm
 
+from streamloco.atomic import atomic_write_bytes
 from streamloco.data_pipeline.documents import Document
 from streamloco.data_pipeline.normalize import normalize
 from streamloco.tokenizer.model import (
@@ -48,20 +48,6 @@ from streamloco.tokenizer.sampling import count_chars, sample_budgets, sample_do
 
 MAX_LINE_CHARS = 4000  # at most 16000 UTF-8 bytes, under max_sentence_length below
 _LANG_CODE = re.compile(r"^[A-Za-z0-9_-]+$")
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write `data` to `path` so that `path` is either the old file or the complete new one."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def split_line(line: str, limit: int = MAX_LINE_CHARS) -> Iterator[str]:
@@ -206,8 +192,8 @@ def train_tokenizer(
         "sentencepiece_version": spm.__version__,
     }
     model_path.parent.mkdir(parents=True, exist_ok=True)
-    write_atomic(model_path, model_bytes)
-    write_atomic(
+    atomic_write_bytes(model_path, model_bytes)
+    atomic_write_bytes(
         sidecar_path(model_path),
         (json.dumps(sidecar, indent=2, ensure_ascii=False) + "\n").encode("utf-8"),
     )
