@@ -137,10 +137,17 @@ def _non_finite(what: str) -> ValueError:
     return ValueError(f"x: non-finite values in tensor ({what}); exclude this contribution")
 
 
+def _all_finite(t: torch.Tensor) -> bool:
+    """No NaN or Inf in `t` (two reductions via aminmax, no boolean temporary of t's size)."""
+    if not t.numel():
+        return True
+    lo, hi = torch.aminmax(t)
+    return math.isfinite(lo.item()) and math.isfinite(hi.item())
+
+
 def _check_decoded(out: torch.Tensor, offset: int) -> None:
     """Raise CodecError unless the decoded chunk `out` (starting at element `offset`) is finite."""
-    lo, hi = torch.aminmax(out)
-    if not (math.isfinite(lo.item()) and math.isfinite(hi.item())):
+    if not _all_finite(out):
         raise CodecError(
             f"body: decoded values near element {offset} are not finite "
             "(invalid code, or a scale/value no encoder emits)"
@@ -267,10 +274,8 @@ class Fp32Codec(Codec):
 
     def _encode_body(self, flat: torch.Tensor) -> torch.Tensor:
         flat = flat.float().contiguous()
-        if flat.numel():
-            lo, hi = torch.aminmax(flat)
-            if not (math.isfinite(lo.item()) and math.isfinite(hi.item())):
-                raise _non_finite("NaN or Inf")
+        if not _all_finite(flat):
+            raise _non_finite("NaN or Inf")
         return flat.view(torch.uint8)
 
     def _decode_body(self, raw: memoryview | bytes, n: int) -> torch.Tensor:
@@ -289,10 +294,8 @@ class Bf16Codec(Codec):
 
     def _encode_body(self, flat: torch.Tensor) -> torch.Tensor:
         half = flat.float().to(torch.bfloat16).contiguous()
-        if half.numel():
-            lo, hi = torch.aminmax(half)
-            if not (math.isfinite(lo.item()) and math.isfinite(hi.item())):
-                raise _non_finite("NaN or Inf, or beyond the bfloat16 range")
+        if not _all_finite(half):
+            raise _non_finite("NaN or Inf, or beyond the bfloat16 range")
         return half.view(torch.uint8)
 
     def _decode_body(self, raw: memoryview | bytes, n: int) -> torch.Tensor:

@@ -40,7 +40,8 @@ class TransportStats:
 class Handle(ABC):
     @abstractmethod
     def done(self) -> bool:
-        """True once `wait` would return without blocking."""
+        """True once every group's payload has been handed in (a simulated link may still make
+        `wait` sleep for the transfer time)."""
 
     @abstractmethod
     def wait(self, timeout: float | None = None) -> dict[int, bytes]:
