@@ -14,19 +14,6 @@ from test_tokenize import DOCS, OPTS, _files  # noqa: E402  (same corpus and opt
 pytestmark = pytest.mark.ray
 
 
-@pytest.fixture(scope="module")
-def local_ray():
-    # One small instance for this module; the dashboard and its ports are not needed.
-    ray.init(
-        num_cpus=2,
-        include_dashboard=False,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
-    )
-    yield
-    ray.shutdown()
-
-
 def test_ray_tasks_reproduce_the_local_shards_byte_for_byte(local_ray, tmp_path):
     tok = train_tokenizer(
         DOCS, tmp_path / "tok", TokenizerOptions(vocab_size=400, max_chars=200_000)

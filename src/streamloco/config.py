@@ -94,7 +94,17 @@ class TrainConfig:
         50, "evaluate the global parameters every this many steps (0 = only at end)"
     )
     eval_batches: int = _f(4, "batches per evaluation")
-    threads: int = _f(1, "torch intra-op threads (per process; keep cores/groups on CPU)")
+    threads: int = _f(
+        1, "torch intra-op threads for `simulate` (`train` sets them from cluster.cpus_per_rank)"
+    )
+    log_every: int = _f(10, "`train`: steps between metric reports from the workers")
+    device: Literal["auto", "cpu", "cuda"] = _f(
+        "auto", "`train`: where each rank trains (auto: cuda if the rank reserved a GPU)"
+    )
+    precision: Literal["auto", "fp32", "bf16"] = _f(
+        "auto", "autocast dtype of the forward pass (auto: bf16 on cuda, fp32 on cpu)"
+    )
+    compile: bool = _f(False, "torch.compile the model (GPU runs; slow to start on CPU)")
 
 
 @dataclass
@@ -143,10 +153,34 @@ class TransportConfig:
 
 
 @dataclass
+class ClusterConfig:
+    ranks_per_group: int = _f(
+        1, "K: Ray actors per worker group (one per accelerator), data-parallel inside the group"
+    )
+    cpus_per_rank: float = _f(1.0, "CPUs each rank reserves (also its torch thread count)")
+    gpus_per_rank: float = _f(0.0, "GPUs each rank reserves (1 on GPU machines, 0 = CPU)")
+    placement: Literal["STRICT_PACK", "PACK", "SPREAD"] = _f(
+        "STRICT_PACK", "placement group strategy of a group's ranks (STRICT_PACK: one node)"
+    )
+    backend: Literal["auto", "gloo", "nccl"] = _f(
+        "auto", "torch.distributed backend inside a group (auto: nccl with GPUs, else gloo)"
+    )
+    start_timeout_s: float = _f(
+        300.0, "give up if the cluster cannot reserve the groups' resources within this time"
+    )
+
+
+@dataclass
 class RunConfig:
     name: str = _f("run", "run name; outputs go to <out_dir>/<name>")
     out_dir: str = _f("runs", "directory that holds run directories")
     tensorboard: bool = _f(True, "write TensorBoard event files under <run_dir>/tb")
+    checkpoint_every: int = _f(
+        0,
+        "`train`: checkpoint every this many steps, at the next step with no sync in flight "
+        "(0 = only at the end)",
+    )
+    keep_checkpoints: int = _f(3, "keep the newest this many checkpoints")
 
 
 @dataclass
@@ -159,6 +193,7 @@ class Config:
     inner: InnerConfig = field(default_factory=InnerConfig)
     outer: OuterConfig = field(default_factory=OuterConfig)
     transport: TransportConfig = field(default_factory=TransportConfig)
+    cluster: ClusterConfig = field(default_factory=ClusterConfig)
     run: RunConfig = field(default_factory=RunConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
@@ -336,9 +371,28 @@ def validate(cfg: Config) -> None:
         ("train.groups", t.groups),
         ("train.threads", t.threads),
         ("train.eval_batches", t.eval_batches),
+        ("train.log_every", t.log_every),
+        ("cluster.ranks_per_group", cfg.cluster.ranks_per_group),
+        ("run.keep_checkpoints", cfg.run.keep_checkpoints),
     ]:
         _check(value >= 1, key, f"must be >= 1, got {value}")
     _check(t.eval_every >= 0, "train.eval_every", "must be >= 0")
+    cl = cfg.cluster
+    _check(
+        t.batch_size % cl.ranks_per_group == 0,
+        "train.batch_size",
+        f"{t.batch_size} sequences per group must split evenly over "
+        f"cluster.ranks_per_group={cl.ranks_per_group} ranks",
+    )
+    _check(cl.cpus_per_rank > 0, "cluster.cpus_per_rank", "must be > 0")
+    _check(cl.gpus_per_rank >= 0, "cluster.gpus_per_rank", "must be >= 0")
+    _check(
+        not (cl.backend == "nccl" and cl.gpus_per_rank == 0),
+        "cluster.backend",
+        "nccl needs GPUs: set cluster.gpus_per_rank=1 or use gloo",
+    )
+    _check(cl.start_timeout_s > 0, "cluster.start_timeout_s", "must be > 0")
+    _check(cfg.run.checkpoint_every >= 0, "run.checkpoint_every", "must be >= 0")
     _check(i.lr > 0, "inner.lr", "must be > 0")
     _check(0 <= i.beta1 < 1 and 0 <= i.beta2 < 1, "inner.beta1/beta2", "must be in [0, 1)")
     _check(i.weight_decay >= 0, "inner.weight_decay", "must be >= 0")
