@@ -276,3 +276,86 @@ def test_global_state_names_match_the_model():
     assert set(state) == {n for n, _ in rep.model.named_parameters()}
     for name, p in rep.model.named_parameters():
         assert torch.equal(state[name], p.detach())
+
+
+@pytest.mark.parametrize(
+    ("k", "codec", "tau", "block"),
+    [(2, "e3m0", 1, 128), (3, "int4", 0, 64), (4, "fp32", 2, 16)],
+)
+def test_hierarchical_k_ranks_per_group_match_one_rank_bit_for_bit(k, codec, tau, block):
+    """Each rank syncs 1/K of every fragment with its peers; the result does not depend on K."""
+    from streamloco.outer_optim.comm import ThreadHub
+
+    m, steps = 2, 26  # 26: every fragment has landed (tau <= 2)
+    opts = EngineOptions(
+        sync_every=12,
+        fragments=3,
+        overlap=tau,
+        alpha=0.5,
+        codec=codec,
+        block_size=block,
+        zstd_level=0 if codec == "fp32" else 3,  # fp32: exact sizes to compare below
+        timeout_s=30,
+    )
+
+    def run(ranks: int) -> tuple[list[Replica], list[dict]]:
+        hubs = [InProcessHub(m) for _ in range(ranks)]  # one all-gather per rank index
+        groups = [ThreadHub(ranks) for _ in range(m)]
+        reps = []
+        for g in range(m):
+            for r in range(ranks):
+                rep = make_replica(g, None, None)  # ranks of a group see the same data (as DDP)
+                rep.engine = StreamingEngine(
+                    rep.model, opts, hubs[r].transport(g), groups[g].comm(r)
+                )
+                reps.append(rep)
+        in_threads(lambda i: reps[i].train(steps), m * ranks)
+        assert all(rep.engine.idle for rep in reps)
+        states = in_threads(lambda i: reps[i].engine.state_dict(), m * ranks)
+        return reps, states
+
+    one, one_states = run(1)
+    many, many_states = run(k)
+    sent_one = sum(r.engine.transport.stats.bytes_sent for r in one[:1])
+    sent_many = sum(r.engine.transport.stats.bytes_sent for r in many[:k])
+    for rep in many:
+        for a, b in zip(rep.engine.global_params, one[0].engine.global_params, strict=True):
+            assert torch.equal(a, b)
+        assert torch.equal(
+            flatten(list(rep.model.parameters())),
+            flatten(list(one[rep.engine.transport.group].model.parameters())),
+        )
+    for state in many_states:  # gathered momentum: the same state whatever K
+        for a, b in zip(state["momentum"], one_states[0]["momentum"], strict=True):
+            assert torch.equal(a, b)
+    # The group's traffic is spread over its ranks: each rank sends about 1/K of it.
+    per_rank = [r.engine.transport.stats.bytes_sent for r in many[:k]]
+    assert max(per_rank) < 0.7 * sent_one
+    if codec == "fp32":  # fixed-size payloads: only the extra headers differ
+        assert sent_many - sent_one == (k - 1) * 33 * 6  # 6 exchanges x (K-1) extra headers
+
+
+def test_sharded_state_needs_a_round_boundary_and_restores_onto_any_k():
+    from streamloco.outer_optim.comm import ThreadHub
+
+    opts = EngineOptions(sync_every=6, fragments=2, overlap=1, block_size=16, timeout_s=30)
+
+    def group(k: int) -> list[Replica]:
+        hubs, comms = [InProcessHub(1) for _ in range(k)], ThreadHub(k)
+        reps = [make_replica(0, None, None) for _ in range(k)]
+        for r, rep in enumerate(reps):
+            rep.engine = StreamingEngine(rep.model, opts, hubs[r].transport(0), comms.comm(r))
+        return reps
+
+    two = group(2)
+    in_threads(lambda r: two[r].train(6), 2)  # fragment 0 sent at step 6, lands at 7 (tau=1)
+    with pytest.raises(RuntimeError, match="in flight"):
+        two[0].engine.state_dict()
+    in_threads(lambda r: two[r].train(1), 2)
+    state = in_threads(lambda r: two[r].engine.state_dict(), 2)[0]
+    three = group(3)
+    in_threads(lambda r: three[r].engine.load_state_dict(state), 3)
+    again = in_threads(lambda r: three[r].engine.state_dict(), 3)[1]
+    assert again["step"] == 7
+    for a, b in zip(again["momentum"], state["momentum"], strict=True):
+        assert a is not None and torch.equal(a, b)

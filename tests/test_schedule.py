@@ -169,3 +169,14 @@ def test_next_event():
 def test_bad_schedules_raise(h, f, tau, msg):
     with pytest.raises(ValueError, match=msg):
         Schedule(h, f, tau)
+
+
+@pytest.mark.parametrize("kind", ["streaming", "torchft"])
+@pytest.mark.parametrize(("h", "f", "tau"), [(12, 3, 0), (12, 3, 1), (20, 4, 4), (30, 1, 0)])
+def test_idle_after_is_true_exactly_when_no_fragment_is_in_flight(kind, h, f, tau):
+    sched = Schedule(h, f, tau, kind)
+    in_flight: set[int] = set()
+    for step in range(1, 3 * h + 1):
+        in_flight |= set(sched.sends(step))
+        in_flight -= set(sched.applies(step))
+        assert sched.idle_after(step) == (not in_flight), (step, in_flight)

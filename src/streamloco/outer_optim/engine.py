@@ -11,6 +11,12 @@ Every group decodes the same bytes, its own payload included (never its unquanti
 reduces them in the same order on the same kind of device, so all groups end every round with
 bit-identical global parameters and outer state.
 
+Hierarchical sync (a group of K ranks, see comm.py): every rank holds the full global copy and
+its group's full local parameters (DDP keeps them equal), but sends, reduces and outer-steps only
+its own shard of each fragment (whole codec blocks, so results are bit-identical for any K); the
+stepped shards are then all-gathered inside the group before the merge. The outer momentum is
+sharded: each rank keeps only its slice. With K = 1 the shard is the whole fragment.
+
 Where state lives: the fp32 global copy and the outer momentum buffers live on `state_device`
 (CPU by default, so the accelerator holds only the model, its gradients and the inner optimizer);
 pseudo-gradients are computed there too. In-flight deltas are kept until their apply for the
@@ -27,6 +33,7 @@ import torch
 from torch import nn
 
 from streamloco.outer_optim.codecs import Codec, make_codec
+from streamloco.outer_optim.comm import GroupComm, SoloComm, shard_bounds, shard_size
 from streamloco.outer_optim.fragments import FragmentPlan, partition
 from streamloco.outer_optim.optimizer import OuterSGD, flatten, merge_
 from streamloco.outer_optim.schedule import Schedule
@@ -67,10 +74,10 @@ class SyncEvent:
     kind: str  # "send" or "apply"
     fragment: int
     step: int
-    payload_bytes: int = 0  # send: this group's payload; apply: sum over all groups
-    delta_norm: float = 0.0  # send: ||global - local|| of this group
-    quant_rel_error: float = 0.0  # apply: ||decode(own) - delta|| / ||delta||
-    mean_delta_norm: float = 0.0  # apply: ||mean decoded delta||
+    payload_bytes: int = 0  # send: this rank's payload; apply: sum over all groups
+    delta_norm: float = 0.0  # send: ||global - local|| of this group (whole fragment)
+    quant_rel_error: float = 0.0  # apply: ||decode(own) - delta|| / ||delta|| (own shard)
+    mean_delta_norm: float = 0.0  # apply: ||mean decoded delta|| (own shard)
     blocked_s: float = 0.0  # apply: time spent waiting for the exchange
     groups: int = 0  # apply: payloads that took part
 
@@ -79,7 +86,7 @@ class SyncEvent:
 class _InFlight:
     send_step: int
     handle: Handle
-    delta: torch.Tensor | None  # own unquantized delta, for the error metric
+    delta: torch.Tensor | None  # own unquantized delta (own shard), for the error metric
 
 
 def _relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
@@ -88,9 +95,16 @@ def _relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
 
 
 class StreamingEngine:
-    def __init__(self, model: nn.Module, options: EngineOptions, transport: Transport) -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        options: EngineOptions,
+        transport: Transport,
+        comm: GroupComm | None = None,
+    ) -> None:
         self.options = options
         self.transport = transport
+        self.comm = comm or SoloComm()
         self.schedule = Schedule(
             options.sync_every, options.fragments, options.overlap, options.schedule
         )
@@ -107,7 +121,10 @@ class StreamingEngine:
         self.state_device = torch.device("cpu" if options.state_device == "cpu" else model_device)
         # Every group starts from the same initialization, so local == global at step 0.
         self.global_params = [flatten(ps, self.state_device) for ps in self.params]
-        self.momentum: list[torch.Tensor | None] = [None] * options.fragments
+        k, block = self.comm.size, options.block_size
+        self.shards = [shard_bounds(n, self.comm.rank, k, block) for n in self.plan.numels]
+        self.shard_len = [shard_size(n, k, block) for n in self.plan.numels]
+        self.momentum: list[torch.Tensor | None] = [None] * options.fragments  # own shard
         self.step_count = 0
         self.in_flight: dict[int, _InFlight] = {}
 
@@ -124,13 +141,22 @@ class StreamingEngine:
         """Apply every exchange still in flight (call once after the last inner step)."""
         return [self._apply(p) for p in sorted(self.in_flight)]
 
+    @property
+    def idle(self) -> bool:
+        """True when no fragment is in flight (a round boundary: checkpoints are taken here)."""
+        return not self.in_flight
+
     def _send(self, p: int) -> SyncEvent:
         assert p not in self.in_flight, f"fragment {p} sent again before its apply"
         local = flatten(self.params[p], self.state_device)
         delta = self.global_params[p] - local  # (n_p,) fp32
-        payload = self.codec.encode(delta)
+        lo, hi = self.shards[p]
+        own = delta[lo:hi] if self.comm.size > 1 else delta
+        payload = self.codec.encode(own)
         handle = self.transport.exchange((p, self.step_count), payload)
-        self.in_flight[p] = _InFlight(self.step_count, handle, delta)
+        self.in_flight[p] = _InFlight(
+            self.step_count, handle, own.clone() if own is not delta else delta
+        )
         return SyncEvent("send", p, self.step_count, len(payload), float(delta.norm()))
 
     def _apply(self, p: int) -> SyncEvent:
@@ -138,7 +164,8 @@ class StreamingEngine:
         t0 = time.perf_counter()
         payloads = flight.handle.wait(self.options.timeout_s)
         blocked = time.perf_counter() - t0
-        n = self.global_params[p].numel()
+        lo, hi = self.shards[p]
+        n = hi - lo
         total: torch.Tensor | None = None
         err = 0.0
         for group in sorted(payloads):  # fixed order -> identical sums on every group
@@ -155,8 +182,11 @@ class StreamingEngine:
             total = decoded if total is None else total.add_(decoded)
         assert total is not None, "a round always holds this group's own payload"
         mean_norm = float(total.div_(len(payloads)).norm())  # total is now the mean delta
-        self.momentum[p] = self.outer.step_(self.global_params[p], total, self.momentum[p])
-        merge_(self.params[p], self.global_params[p], self.options.alpha)
+        glob = self.global_params[p]
+        self.momentum[p] = self.outer.step_(glob[lo:hi], total, self.momentum[p])
+        if self.comm.size > 1:  # assemble the stepped shards over the group's fast link
+            self.comm.all_gather(glob[lo:hi], glob, self.shard_len[p])
+        merge_(self.params[p], glob, self.options.alpha)
         return SyncEvent(
             "apply",
             p,
@@ -187,7 +217,14 @@ class StreamingEngine:
 
         In-flight exchanges are waited for here, so the checkpoint holds their received payloads
         and the restored engine applies them at the same step as an uninterrupted run would.
+        With K > 1 ranks this is a collective (the momentum shards are gathered, so the state
+        is the same whatever K) and must be taken when `idle` (no per-rank payloads to save).
         """
+        if self.comm.size > 1 and self.in_flight:
+            raise RuntimeError(
+                f"engine state of a {self.comm.size}-rank group taken with fragments "
+                f"{sorted(self.in_flight)} in flight: take it when `idle`"
+            )
         in_flight = {}
         for p, flight in self.in_flight.items():
             payloads = flight.handle.wait(self.options.timeout_s)
@@ -205,7 +242,7 @@ class StreamingEngine:
             "plan": self.plan.fingerprint,
             "step": self.step_count,
             "global": [g.clone() for g in self.global_params],
-            "momentum": list(self.momentum),
+            "momentum": [self._full_momentum(p) for p in range(len(self.momentum))],
             "in_flight": in_flight,
         }
 
@@ -226,7 +263,8 @@ class StreamingEngine:
                 )
         self.global_params = [g.to(self.state_device, torch.float32).clone() for g in glob]
         self.momentum = [
-            None if m is None else m.to(self.state_device).clone() for m in state["momentum"]
+            None if m is None else m[lo:hi].to(self.state_device).clone()
+            for m, (lo, hi) in zip(state["momentum"], self.shards, strict=True)
         ]
         self.step_count = int(state["step"])
         self.in_flight = {
@@ -239,3 +277,13 @@ class StreamingEngine:
             )
             for p, f in state["in_flight"].items()
         }
+        if self.comm.size > 1 and self.in_flight:
+            raise ValueError("engine state: fragments in flight cannot be split over ranks")
+
+    def _full_momentum(self, p: int) -> torch.Tensor | None:
+        buf = self.momentum[p]
+        if buf is None or self.comm.size == 1:
+            return None if buf is None else buf.clone()
+        full = torch.empty_like(self.global_params[p])
+        self.comm.all_gather(buf, full, self.shard_len[p])
+        return full

@@ -59,6 +59,10 @@ class Schedule:
         """Fragments whose exchange completes and whose outer step is applied after `step`."""
         return self.sends(step - self.overlap)
 
+    def idle_after(self, step: int) -> bool:
+        """True if no fragment is in flight once `step` is done (a safe point to checkpoint)."""
+        return not any(self.sends(s) for s in range(step - self.overlap + 1, step + 1))
+
     def next_event(self, step: int) -> tuple[int, int]:
         """(step, fragment) of the first send strictly after `step`, for progress displays."""
         first = step + 1

@@ -13,7 +13,8 @@ payloads in. `bytes_sent` and `bytes_received` count exactly that.
 (bandwidth per group and latency) so that one machine shows what overlapping communication with
 computation buys: a group's upload starts when it calls `exchange` and takes latency + size /
 bandwidth; its download of the other payloads starts when the last upload has landed and takes
-latency + received / bandwidth. A group's link carries one transfer at a time.
+latency + received / bandwidth. A group's link carries one transfer at a time. `LinkClock` holds
+that timing so the Ray transport (launcher/ray_transport.py) models the same link.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 Key = tuple[int, int]  # (fragment, send step)
@@ -89,6 +91,36 @@ class LinkModel:
 
 
 @dataclass
+class LinkClock:
+    """One group's simulated link: when it is next idle, given that it carries one transfer at a
+    time. It only adds transfer times to the times it is handed, so it works on any clock
+    (monotonic inside one process, wall time across processes)."""
+
+    link: LinkModel
+    free_at: float = 0.0
+
+    def upload(self, now: float, nbytes: int) -> float:
+        """Queue an upload handed in at `now`; returns when it has landed at the broker."""
+        start = max(now, self.free_at)
+        self.free_at = start + self.link.transfer_s(nbytes)
+        return self.free_at
+
+    def download(self, uploads_landed: float, nbytes: int) -> float:
+        """Queue the download of the other payloads, which can start once the last upload of the
+        round has landed; returns when they are here (at once if there is nothing to fetch)."""
+        start = max(uploads_landed, self.free_at)
+        self.free_at = start + (self.link.transfer_s(nbytes) if nbytes else 0.0)
+        return self.free_at
+
+
+def sleep_until(when: float, clock: Callable[[], float] = time.monotonic) -> None:
+    """Sleep until `clock()` reaches `when` (a simulated transfer cannot finish early)."""
+    delay = when - clock()
+    if delay > 0:
+        time.sleep(delay)
+
+
+@dataclass
 class _Round:
     payloads: dict[int, bytes] = field(default_factory=dict)
     upload_done: dict[int, float] = field(default_factory=dict)  # group -> monotonic time
@@ -106,7 +138,7 @@ class InProcessHub:
         self.link = link or LinkModel()
         self._lock = threading.Lock()
         self._rounds: dict[Key, _Round] = {}
-        self._link_free = [0.0] * num_groups  # when each group's link is next idle
+        self._links = [LinkClock(self.link) for _ in range(num_groups)]
         self._aborted: str | None = None
 
     def abort(self, reason: str) -> None:
@@ -129,11 +161,8 @@ class InProcessHub:
             rnd = self._rounds.setdefault(key, _Round(waiting=self.num_groups))
             if group in rnd.payloads:
                 raise TransportError(f"group {group} sent twice for round {key}")
-            start = max(now, self._link_free[group])
-            done = start + self.link.transfer_s(len(payload))
-            self._link_free[group] = done
             rnd.payloads[group] = payload
-            rnd.upload_done[group] = done
+            rnd.upload_done[group] = self._links[group].upload(now, len(payload))
             if len(rnd.payloads) == self.num_groups:
                 rnd.complete.set()
             return rnd
@@ -151,15 +180,11 @@ class InProcessHub:
             if self._aborted:
                 raise TransportError(f"round {key}: hub aborted: {self._aborted}")
             received = sum(len(p) for g, p in rnd.payloads.items() if g != group)
-            start = max(max(rnd.upload_done.values()), self._link_free[group])
-            ready = start + (self.link.transfer_s(received) if received else 0.0)
-            self._link_free[group] = ready
+            ready = self._links[group].download(max(rnd.upload_done.values()), received)
             rnd.waiting -= 1
             if rnd.waiting == 0:
                 del self._rounds[key]
-        delay = ready - time.monotonic()
-        if delay > 0:
-            time.sleep(delay)
+        sleep_until(ready)
         return dict(sorted(rnd.payloads.items())), ready
 
 

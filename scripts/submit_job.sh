@@ -1,0 +1,65 @@
+#!/usr/bin/env bash
+# Submit `python -m streamloco <arguments>` to a Ray cluster as a job (docs/cluster.md).
+#
+#   scripts/submit_job.sh [--address URL] [--no-wait] -- <streamloco arguments>
+#
+# The repo is uploaded as the job's working dir (data/, runs/, .venv, .git and caches left out), so
+# relative paths such as configs/smoke.toml name files of the upload; the job and all its workers
+# import the uploaded src/streamloco. Give --run.out_dir an ABSOLUTE path on storage every node
+# shares: the working dir is a temporary copy. Address: --address, else $RAY_API_SERVER_ADDRESS,
+# else $RAY_ADDRESS, else http://127.0.0.1:8265 (the head's dashboard). Token authentication:
+# RAY_AUTH_MODE=token (unless set) with the cluster's token in ~/.ray/auth_token, $RAY_AUTH_TOKEN
+# or $RAY_AUTH_TOKEN_PATH. Exits 0 only when the job SUCCEEDED (with --no-wait: when submitted).
+set -euo pipefail
+
+die() { echo "submit_job.sh: $*" >&2; exit 2; }
+usage() { sed -n '2,12s/^# \{0,1\}//p' "$0"; }
+
+root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
+address="${RAY_API_SERVER_ADDRESS:-${RAY_ADDRESS:-http://127.0.0.1:8265}}"
+no_wait=()
+while [[ $# -gt 0 ]]; do
+    case "$1" in
+        --address) [[ $# -ge 2 ]] || die "--address needs a URL"; address="$2"; shift 2 ;;
+        --address=*) address="${1#*=}"; shift ;;
+        --no-wait) no_wait=(--no-wait); shift ;;
+        -h | --help) usage; exit 0 ;;
+        --) shift; break ;;
+        *) die "unknown option '$1' (streamloco arguments go after --)" ;;
+    esac
+done
+[[ $# -gt 0 ]] || { usage >&2; exit 2; }
+
+command -v ray >/dev/null ||
+    die "'ray' is not on PATH: activate the venv streamloco is installed in (. .venv/bin/activate)"
+export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
+
+# A quick TCP check turns "head not running" into one clear line instead of a traceback.
+if [[ "$address" =~ ^(https?)://([^/:]+)(:([0-9]+))? ]]; then
+    host="${BASH_REMATCH[2]}"
+    port="${BASH_REMATCH[4]:-$([[ ${BASH_REMATCH[1]} == https ]] && echo 443 || echo 80)}"
+    timeout 5 bash -c ": >/dev/tcp/$host/$port" 2>/dev/null || {
+        echo "submit_job.sh: no Ray head answers at $address (start one: docs/cluster.md)" >&2
+        exit 1
+    }
+fi
+
+id="streamloco-$(date +%Y%m%d-%H%M%S)-$$"
+excludes='"/.git", "/.venv", "/data", "/runs", "/build", "/dist", "/.whl", "/.gl", "__pycache__",
+  "*.egg-info", "/.pytest_cache", "/.ruff_cache", "/.hypothesis"'
+runtime_env="{\"py_modules\": [\"$root/src/streamloco\"], \"excludes\": [$excludes]}"
+
+rc=0
+ray job submit --address "$address" --submission-id "$id" --working-dir "$root" \
+    --runtime-env-json "$runtime_env" "${no_wait[@]}" -- python -m streamloco "$@" || rc=$?
+[[ ${#no_wait[@]} -eq 0 || $rc -ne 0 ]] || exit 0
+
+status="$(ray job status --address "$address" --log-color false "$id" 2>&1 || true)"
+case "$status" in
+    *"Job '$id' succeeded"*) exit 0 ;;
+    *"Job '$id' failed"* | *"Job '$id' was stopped"*)
+        echo "submit_job.sh: job $id did not succeed (its log is above; again: ray job logs $id)" >&2 ;;
+    *"Status for job '$id'"*) echo "submit_job.sh: job $id still runs (ray job stop $id)" >&2 ;;
+    *) echo "submit_job.sh: submitting failed (ray job submit exit $rc), see above" >&2 ;;
+esac
+exit $((rc ? rc : 1))

@@ -1,0 +1,264 @@
+"""The engine's all-gather between worker groups, through Ray's object store.
+
+Design. One small named coordinator actor (async, no CPU) runs the rounds; payload bytes never
+pass through it. A group's `exchange` puts its payload into the object store (the group's own
+worker owns the object), hands the coordinator the *reference* wrapped in a list (Ray resolves
+ObjectRefs passed as top-level arguments, not nested ones, so the coordinator never pulls the
+bytes), and asks to `collect` the round: a call that returns once every group has submitted,
+with every group's reference. Neither call is waited for in `exchange`, so it never blocks on
+the other groups; the handle holds the collect future. `wait` gets it, then pulls the other
+groups' payloads straight from their owners with `ray.get`.
+
+A round is keyed by (rank, fragment, send step): with hierarchical sync, rank r of every group
+exchanges its own 1/K shard of each fragment with rank r of the other groups, so the K ranks of a
+group run K independent all-gathers. The coordinator forgets a round once all its groups have
+collected it; `abort` fails every pending and future round with a reason (a group died: nobody
+else should hang). The coordinator is owned by the process that creates it and dies with it.
+
+Byte accounting is InProcessHub's, counted where the bytes move: `bytes_sent` is the own payload
+once per exchange (one put, however many groups read it), `bytes_received` the M-1 other payloads
+fetched in `wait`. References and round metadata sent to the coordinator are not counted (tens of
+bytes per group and round).
+
+Simulated link: the same `LinkClock` as InProcessHub, one per transport, on wall time
+(`time.time()`) because upload times stamped by different processes are compared (across hosts
+this assumes synchronized clocks, which only matters when simulating).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError, RayError
+
+from streamloco.outer_optim.transport import (
+    Handle,
+    Key,
+    LinkClock,
+    LinkModel,
+    Transport,
+    TransportError,
+    sleep_until,
+)
+
+# Every rank of every group keeps one collect pending per fragment in flight; a coroutine waiting
+# on an event costs next to nothing, so leave generous room.
+MAX_CONCURRENCY = 4096
+
+RoundKey = tuple[int, int, int]  # (rank, fragment, send step)
+Entry = tuple[list[Any], int, float]  # ([payload ObjectRef], nbytes, upload done wall time)
+
+
+@dataclass
+class _Round:
+    entries: dict[int, Entry] = field(default_factory=dict)
+    complete: asyncio.Event = field(default_factory=asyncio.Event)
+    collected: set[int] = field(default_factory=set)
+
+
+class Coordinator:
+    """The rounds of one run. Plain asyncio code; `create_coordinator` runs it as a Ray actor.
+
+    Methods return error strings or (status, value) results instead of raising, so the caller
+    turns them into `TransportError`s with its own context.
+    """
+
+    def __init__(self, num_groups: int) -> None:
+        self.num_groups = num_groups
+        self._rounds: dict[RoundKey, _Round] = {}
+        self._aborted: str | None = None
+
+    def _round(self, rank: int, key: Key) -> _Round:
+        # A collect may run before its own submit (an async actor does not order calls), so
+        # whichever comes first opens the round.
+        return self._rounds.setdefault((rank, *key), _Round())
+
+    async def submit(
+        self,
+        group: int,
+        rank: int,
+        key: Key,
+        payload_ref: list[Any],
+        nbytes: int,
+        upload_done: float,
+    ) -> str | None:
+        """Hand in `group`'s payload reference (inside a one-element list); None or an error."""
+        if self._aborted is not None:
+            return f"coordinator aborted: {self._aborted}"
+        rnd = self._round(rank, key)
+        if group in rnd.entries:
+            return f"group {group} sent twice for round {key} (rank {rank})"
+        rnd.entries[group] = (payload_ref, nbytes, upload_done)
+        if len(rnd.entries) == self.num_groups:
+            rnd.complete.set()
+        return None
+
+    async def collect(
+        self, group: int, rank: int, key: Key, timeout_s: float | None
+    ) -> tuple[str, Any]:
+        """Wait until every group has submitted: ("ok", {group: entry} sorted by group),
+        ("missing", [groups]) after `timeout_s`, or ("aborted", reason)."""
+        if self._aborted is not None:
+            return "aborted", self._aborted
+        rnd = self._round(rank, key)
+        try:
+            await asyncio.wait_for(rnd.complete.wait(), timeout_s)
+        except TimeoutError:
+            return "missing", self._missing(rnd)
+        if self._aborted is not None:
+            return "aborted", self._aborted
+        rnd.collected.add(group)
+        if len(rnd.collected) == self.num_groups:
+            del self._rounds[(rank, *key)]
+        return "ok", dict(sorted(rnd.entries.items()))
+
+    async def missing(self, rank: int, key: Key) -> list[int] | None:
+        """Groups that have not submitted for the round; None if the round is not open."""
+        rnd = self._rounds.get((rank, *key))
+        return None if rnd is None else self._missing(rnd)
+
+    async def abort(self, reason: str) -> None:
+        """Fail every pending and future collect with `reason`."""
+        self._aborted = reason
+        for rnd in self._rounds.values():
+            rnd.complete.set()
+        self._rounds.clear()  # drop the payload references with the rounds
+
+    async def rounds_open(self) -> int:
+        return len(self._rounds)
+
+    def _missing(self, rnd: _Round) -> list[int]:
+        return sorted(set(range(self.num_groups)) - set(rnd.entries))
+
+
+_CoordinatorActor = ray.remote(num_cpus=0)(Coordinator)
+
+
+def create_coordinator(name: str, num_groups: int, namespace: str | None = None):
+    """Start the named coordinator actor for `num_groups` groups and return its handle."""
+    if num_groups < 1:
+        raise ValueError(f"coordinator: num_groups must be >= 1, got {num_groups}")
+    return _CoordinatorActor.options(
+        name=name, namespace=namespace, max_concurrency=MAX_CONCURRENCY
+    ).remote(num_groups)
+
+
+def get_coordinator(name: str, namespace: str | None = None):
+    """The handle of a running coordinator (from a worker of any group)."""
+    return ray.get_actor(name, namespace=namespace)
+
+
+class RayHandle(Handle):
+    def __init__(
+        self, transport: RayTransport, key: Key, payload: bytes, submitted, collected
+    ) -> None:
+        self._transport, self._key, self._payload = transport, key, payload
+        self._submitted, self._collected = submitted, collected
+        self._result: dict[int, bytes] | None = None
+        self.ready_at: float | None = None  # wall time the simulated transfer completed
+
+    def done(self) -> bool:
+        if self._result is not None:
+            return True
+        ready, _ = ray.wait([self._collected], timeout=0)
+        return bool(ready)
+
+    def wait(self, timeout: float | None = None) -> dict[int, bytes]:
+        if self._result is None:
+            self._result = self._complete(timeout)
+        return self._result
+
+    def _missing(self, timeout: float) -> list[int] | str:
+        t = self._transport
+        try:
+            missing = ray.get(t.coordinator.missing.remote(t.rank, self._key), timeout=timeout)
+        except RayError as e:
+            return f"(unknown: the coordinator did not answer: {type(e).__name__})"
+        return "(unknown: the round is not open at the coordinator)" if missing is None else missing
+
+    def _complete(self, timeout: float | None) -> dict[int, bytes]:
+        t = self._transport
+        where = f"round {self._key} (rank {t.rank}, group {t.group})"
+        try:
+            error = ray.get(self._submitted, timeout=timeout)
+            if error is not None:
+                raise TransportError(f"{where}: {error}")
+            status, value = ray.get(self._collected, timeout=timeout)
+        except GetTimeoutError:
+            # The collect stays pending at the coordinator: a later wait can still succeed.
+            raise TransportError(
+                f"{where}: timed out after {timeout}s waiting for groups {self._missing(timeout)}"
+            ) from None
+        except RayError as e:
+            raise TransportError(f"{where}: coordinator failed: {e}") from e
+        if status == "aborted":
+            raise TransportError(f"{where}: coordinator aborted: {value}")
+        if status == "missing":
+            raise TransportError(
+                f"{where}: the coordinator timed out after {t.collect_timeout_s}s "
+                f"waiting for groups {value}"
+            )
+        others = [g for g in value if g != t.group]
+        try:
+            fetched = ray.get([value[g][0][0] for g in others], timeout=timeout)
+        except RayError as e:  # a timeout, or the payload's owner (that group's worker) died
+            raise TransportError(f"{where}: could not fetch the payloads of {others}: {e}") from e
+        received = sum(len(b) for b in fetched)
+        landed = max(upload_done for _, _, upload_done in value.values())
+        self.ready_at = t.clock.download(landed, received)
+        sleep_until(self.ready_at, time.time)
+        t.stats.bytes_received += received
+        t.pending.discard(self._key)
+        result = dict(zip(others, (bytes(b) for b in fetched), strict=True))
+        result[t.group] = self._payload
+        return dict(sorted(result.items()))
+
+
+class RayTransport(Transport):
+    """One rank of one group; `coordinator` is a handle from create/get_coordinator.
+
+    `collect_timeout_s` bounds how long the coordinator keeps a collect pending (None: until the
+    round completes or is aborted); `wait(timeout)` bounds the caller's wait independently.
+    """
+
+    def __init__(
+        self,
+        coordinator,
+        group: int,
+        num_groups: int,
+        rank: int = 0,
+        link: LinkModel | None = None,
+        collect_timeout_s: float | None = None,
+    ) -> None:
+        if not 0 <= group < num_groups:
+            raise ValueError(f"group {group} outside [0, {num_groups})")
+        super().__init__(group, num_groups)
+        self.coordinator = coordinator
+        self.rank = rank
+        self.link = link or LinkModel()
+        self.clock = LinkClock(self.link)
+        self.collect_timeout_s = collect_timeout_s
+        self.pending: set[Key] = set()  # sent, not yet received: a second send is a bug
+
+    def exchange(self, key: Key, payload: bytes) -> Handle:
+        key = (int(key[0]), int(key[1]))
+        if key in self.pending:
+            raise TransportError(
+                f"group {self.group} sent twice for round {key} (rank {self.rank})"
+            )
+        upload_done = self.clock.upload(time.time(), len(payload))
+        ref = ray.put(payload)
+        submitted = self.coordinator.submit.remote(
+            self.group, self.rank, key, [ref], len(payload), upload_done
+        )
+        collected = self.coordinator.collect.remote(
+            self.group, self.rank, key, self.collect_timeout_s
+        )
+        self.pending.add(key)
+        self.stats.bytes_sent += len(payload)
+        self.stats.exchanges += 1
+        return RayHandle(self, key, payload, submitted, collected)
