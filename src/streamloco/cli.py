@@ -18,7 +18,8 @@ def _load(args: argparse.Namespace, overrides: list[str]) -> Config:
 
 
 def cmd_simulate(args: argparse.Namespace, overrides: list[str]) -> int:
-    from streamloco.simulate import run_and_report, summarize
+    from streamloco.results import summarize
+    from streamloco.simulate import run_and_report
 
     cfg = _load(args, overrides)
     run_dir = Path(cfg.run.out_dir) / cfg.run.name

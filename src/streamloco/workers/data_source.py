@@ -1,7 +1,8 @@
 """Where a run's tokens come from: the tokenized corpus (shards) or the synthetic language.
 
-Both give every group its own deterministic stream of (B, T+1) windows and a fixed set of
-evaluation batches per language, so the training loop does not care which one it has.
+Both give every (group, rank) its own deterministic stream of (B/K, T+1) windows (a group's
+batch is split over its K ranks) and a fixed set of evaluation batches per language, so the
+training loop does not care which one it has.
 """
 
 from __future__ import annotations
@@ -30,11 +31,15 @@ class BatchStream(Protocol):
 class DataSource:
     kind: str
     eval_sets: dict[str, list[torch.Tensor]]  # language -> fixed (B, T+1) batches
-    make_stream: Callable[[int], BatchStream]  # group -> its own deterministic stream
+    # (stream index, number of streams, sequences per batch) -> a deterministic stream
+    make_stream: Callable[[int, int, int], BatchStream]
+    groups: int
+    batch_size: int  # sequences per group per step
     nll_floor: float | None = None  # the synthetic language's true NLL on its eval batches
 
-    def stream(self, group: int) -> BatchStream:
-        return self.make_stream(group)
+    def stream(self, group: int, rank: int = 0, ranks: int = 1) -> BatchStream:
+        """Rank `rank` of `ranks` in `group`: disjoint from every other (group, rank)."""
+        return self.make_stream(group * ranks + rank, self.groups * ranks, self.batch_size // ranks)
 
 
 class _LoaderStream:
@@ -72,7 +77,9 @@ def _synthetic_source(cfg: Config) -> DataSource:
         kind="synthetic",
         eval_sets={"synthetic": batches},
         nll_floor=float(-torch.cat(logps).mean()),
-        make_stream=lambda g: SyntheticStream(lang, t.batch_size, seq, t.seed, g),
+        make_stream=lambda i, n, b: SyntheticStream(lang, b, seq, t.seed, i),
+        groups=t.groups,
+        batch_size=t.batch_size,
     )
 
 
@@ -104,20 +111,26 @@ def _shard_source(cfg: Config) -> DataSource:
             f"{seq + 1} tokens; raise data.validation_fraction"
         )
 
-    def make(g: int) -> BatchStream:
+    def make(index: int, count: int, batch: int) -> BatchStream:
         return _LoaderStream(
             MixtureLoader(
                 manifest,
-                batch_size=t.batch_size,
+                batch_size=batch,
                 seq_len=seq,
                 seed=t.seed,
-                group=g,
-                num_groups=t.groups,
+                group=index,
+                num_groups=count,
                 temperature=cfg.data.temperature,
             )
         )
 
-    return DataSource(kind="shards", eval_sets=eval_sets, make_stream=make)
+    return DataSource(
+        kind="shards",
+        eval_sets=eval_sets,
+        make_stream=make,
+        groups=t.groups,
+        batch_size=t.batch_size,
+    )
 
 
 def mean_loss(losses: dict[str, float]) -> float:

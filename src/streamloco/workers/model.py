@@ -187,9 +187,12 @@ class Transformer(nn.Module):
         return self.head(self.norm(x))  # (B, T, V)
 
     def loss(self, idx: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        """Mean next-token cross-entropy; logits are cast to fp32 so bf16 runs get a stable loss."""
-        logits = self(idx)  # (B, T, V)
-        return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
+        return lm_loss(self(idx), targets)
+
+
+def lm_loss(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy; logits are cast to fp32 so bf16 runs get a stable loss."""
+    return F.cross_entropy(logits.float().flatten(0, 1), targets.flatten())
 
 
 def param_count(args: ModelArgs, *, embedding: bool = True) -> int:
@@ -223,3 +226,12 @@ def flops_per_token(args: ModelArgs, seq_len: int) -> float:
 def mfu(tokens_per_s: float, args: ModelArgs, seq_len: int, peak_flops: float) -> float:
     """Model FLOPs utilization: achieved training FLOP/s over the hardware peak FLOP/s."""
     return tokens_per_s * flops_per_token(args, seq_len) / peak_flops
+
+
+# Dense bf16 tensor-core peaks from the vendors' data sheets (FLOP/s), matched on the device name.
+PEAK_BF16_FLOPS = {"H200": 989e12, "H100": 989e12, "A100": 312e12, "L40S": 362e12, "A10": 125e12}
+
+
+def peak_flops(device_name: str) -> float | None:
+    """The bf16 peak of a known accelerator, or None (then MFU is not reported)."""
+    return next((v for k, v in PEAK_BF16_FLOPS.items() if k in device_name), None)

@@ -1,0 +1,157 @@
+"""What a training run produced (simulated in threads or on Ray) and its console summary."""
+
+from __future__ import annotations
+
+import math
+import threading
+from dataclasses import dataclass, field
+
+import torch
+
+from streamloco.config import Config
+
+
+@dataclass
+class GroupResult:
+    train_loss: list[float] = field(default_factory=list)
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    blocked_s: float = 0.0
+    quant_rel_error: list[float] = field(default_factory=list)
+    global_state: dict[str, torch.Tensor] = field(default_factory=dict)
+
+
+@dataclass
+class RunResult:
+    params: int
+    groups: list[GroupResult]
+    eval_history: list[tuple[int, float]]  # (step, eval loss of the global parameters)
+    eval_by_lang: dict[str, float]  # final eval loss per language
+    nll_floor: float | None  # the synthetic language's true NLL on the eval batches
+    wall_s: float
+    tokens: int  # tokens processed by all groups together
+
+    @property
+    def final_eval_loss(self) -> float:
+        return self.eval_history[-1][1]
+
+    def globals_identical(self) -> bool:
+        """True if every group ended with bit-identical global parameters."""
+        ref = self.groups[0].global_state
+        return all(
+            all(torch.equal(ref[k], g.global_state[k]) for k in ref) for g in self.groups[1:]
+        )
+
+
+def ddp_bytes_per_group(numel: int, groups: int, steps: int, bits: int) -> float:
+    """Bytes one group sends + receives in a ring all-reduce of every step's gradients.
+
+    A ring all-reduce sends and receives 2(M-1)/M * N*b/8 bytes per rank; this is what a DDP run
+    across the same M groups would move for the same number of steps.
+    """
+    return steps * 2 * 2 * (groups - 1) / groups * numel * bits / 8
+
+
+def human(n: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if n < 1000:
+            return f"{n:.0f}{unit}" if unit == "B" else f"{n:.1f}{unit}"
+        n /= 1000
+    return f"{n:.1f}TB"
+
+
+def summarize(cfg: Config, result: RunResult) -> str:
+    """The console summary of a run: losses, bytes on the wire and the ratio to DDP."""
+    m = cfg.train.groups
+    lines = [
+        f"model {cfg.model.size}: {result.params:,} params; {m} groups x {cfg.train.steps} steps;"
+        f" {result.tokens:,} tokens in {result.wall_s:.1f}s "
+        f"({result.tokens / result.wall_s:,.0f} tokens/s)",
+        f"outer: H={cfg.outer.sync_every} F={cfg.outer.fragments} tau={cfg.outer.overlap} "
+        f"alpha={cfg.outer.alpha} codec={cfg.outer.codec}"
+        + (f"+zstd{cfg.outer.zstd_level}" if cfg.outer.zstd_level else "")
+        + f" schedule={cfg.outer.schedule}",
+        f"final eval loss of the global parameters: {result.final_eval_loss:.4f}"
+        + (
+            f" (the synthetic language's floor: {result.nll_floor:.4f})"
+            if result.nll_floor is not None
+            else " (mean over languages)"
+        ),
+    ]
+    if len(result.eval_by_lang) > 1:
+        lines.append(
+            "  per language: "
+            + ", ".join(
+                f"{lang} {loss:.3f} (ppl {math.exp(loss):.1f})"
+                for lang, loss in result.eval_by_lang.items()
+            )
+        )
+    lines.append(f"global parameters identical on all groups: {result.globals_identical()}")
+    for g, res in enumerate(result.groups):
+        moved = res.bytes_sent + res.bytes_received
+        lines.append(
+            f"group {g}: sent {human(res.bytes_sent)}, received "
+            f"{human(res.bytes_received)}, blocked {res.blocked_s:.2f}s"
+        )
+        if m > 1:
+            for bits, name in ((16, "bf16"), (32, "fp32")):
+                ddp = ddp_bytes_per_group(result.params, m, cfg.train.steps, bits)
+                lines.append(
+                    f"  vs DDP in {name} (ring all-reduce, {human(ddp)}): "
+                    f"{ddp / max(moved, 1):,.0f}x fewer bytes"
+                )
+    return "\n".join(lines)
+
+
+class Collector:
+    """Folds the workers' chunk reports into the metrics sink and the run's result.
+
+    Only rank 0's report of each group is used (every rank of a group reports the same group
+    sums). Thread-safe, so simulated groups in threads can share one.
+    """
+
+    def __init__(self, cfg: Config, sink, params: int, nll_floor: float | None = None) -> None:
+        self.cfg, self.sink, self.params, self.nll_floor = cfg, sink, params, nll_floor
+        self.groups = [GroupResult() for _ in range(cfg.train.groups)]
+        self.eval_history: list[tuple[int, float]] = []
+        self.eval_by_lang: dict[str, float] = {}
+        self.steps = [0] * cfg.train.groups
+        self._lock = threading.Lock()
+
+    def add(self, rep) -> None:
+        if rep.rank != 0:
+            return
+        from streamloco.workers.data_source import mean_loss
+
+        with self._lock:
+            res = self.groups[rep.group]
+            for tag, value, step in rep.scalars:
+                self.sink.scalar(tag, value, step)
+                if tag.startswith("train/loss/"):
+                    res.train_loss.append(value)
+                elif tag.startswith("outer/quant_rel_error/"):
+                    res.quant_rel_error.append(value)
+            res.bytes_sent, res.bytes_received = rep.bytes_sent, rep.bytes_received
+            res.blocked_s = rep.blocked_s
+            self.steps[rep.group] = rep.step
+            for step, by_lang in rep.evals:
+                self.eval_history.append((step, mean_loss(by_lang)))
+                self.eval_by_lang = dict(by_lang)
+
+    def finish(self, wall_s: float) -> RunResult:
+        """The result; also writes the DDP comparison at the last step."""
+        cfg, m = self.cfg, self.cfg.train.groups
+        if m > 1:
+            moved = self.groups[0].bytes_sent + self.groups[0].bytes_received
+            ddp = ddp_bytes_per_group(self.params, m, cfg.train.steps, 16)
+            self.sink.scalar("comm/ddp_bf16_bytes_per_group", ddp, cfg.train.steps)
+            self.sink.scalar("comm/ratio_vs_ddp_bf16", ddp / max(moved, 1), cfg.train.steps)
+        return RunResult(
+            params=self.params,
+            groups=self.groups,
+            eval_history=sorted(self.eval_history),
+            eval_by_lang=self.eval_by_lang,
+            nll_floor=self.nll_floor,
+            wall_s=wall_s,
+            tokens=m * cfg.train.steps * cfg.train.batch_size * cfg.model.seq_len,
+        )

@@ -1,0 +1,335 @@
+"""One rank of one worker group: model, AdamW, data stream, the Streaming DiLoCo engine. No Ray.
+
+The Ray actor (launcher/actors.py) owns one `Trainer` and forwards calls; `simulate` runs
+Trainers in threads. A caller drives it in chunks: `train(until)` runs inner steps up to `until`
+and returns a `Report` of what happened (metrics as (tag, value, step) scalars, byte counters,
+evaluation results), so metrics travel to whoever writes TensorBoard (the driver, which may sit on
+another node than the workers).
+
+Inside a group of K ranks the model is wrapped in DDP (its gradients are all-reduced over the
+group's fast link) and every rank reads its own 1/K of the group's batch. All of a group's ranks
+must make the same calls in the same order: `train`, `state_dict` and the chunk's summary are
+collectives when K > 1.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from streamloco.config import Config
+from streamloco.outer_optim.comm import GroupComm, SoloComm
+from streamloco.outer_optim.engine import EngineOptions, StreamingEngine, SyncEvent
+from streamloco.outer_optim.transport import Transport
+from streamloco.workers.data_source import DataSource, build_data_source, mean_loss
+from streamloco.workers.inner import build_inner_optimizer
+from streamloco.workers.model import (
+    Transformer,
+    lm_loss,
+    mfu,
+    model_args,
+    peak_flops,
+)
+
+
+@dataclass(frozen=True)
+class Placement:
+    group: int
+    rank: int = 0
+    ranks: int = 1  # K: ranks in the group
+
+
+@dataclass
+class Report:
+    """What one `train(until)` call did, from the group's point of view (sums over its ranks)."""
+
+    group: int
+    rank: int
+    step: int
+    scalars: list[tuple[str, float, int]] = field(default_factory=list)
+    tokens: int = 0  # tokens the group processed in this chunk
+    seconds: float = 0.0  # wall time of this chunk
+    bytes_sent: int = 0  # cumulative, whole group
+    bytes_received: int = 0  # cumulative, whole group
+    blocked_s: float = 0.0  # cumulative time waiting for exchanges (mean over ranks)
+    loss: float = math.nan  # group mean training loss of the last step
+    evals: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (step, per lang)
+    done: bool = False  # the last step ran and every exchange has landed
+
+
+def build_model(cfg: Config, device: torch.device | str = "cpu") -> Transformer:
+    """Same seed -> same initialization on every group (DiLoCo starts all replicas equal)."""
+    torch.manual_seed(cfg.train.seed)
+    args = model_args(
+        cfg.model.size, cfg.model.vocab_size, cfg.model.seq_len, cfg.model.tie_embeddings
+    )
+    return Transformer(args).to(device)
+
+
+def load_global(model: Transformer, global_state: Mapping[str, torch.Tensor]) -> None:
+    """Load the engine's global parameters (named as in named_parameters) into `model`."""
+    missing, unexpected = model.load_state_dict(dict(global_state), strict=False)
+    tied = {"head.weight"} if model.args.tie_embeddings else set()
+    assert not unexpected and set(missing) <= tied, (missing, unexpected)
+
+
+@torch.no_grad()
+def evaluate(model: Transformer, batches: list[torch.Tensor], autocast) -> float:
+    model.eval()
+    device = next(model.parameters()).device
+    losses = []
+    for b in batches:
+        b = b.to(device)
+        with autocast():
+            losses.append(float(model.loss(b[:, :-1], b[:, 1:])))
+    model.train()
+    return sum(losses) / len(losses)
+
+
+def resolve_device(requested: str) -> torch.device:
+    if requested == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if requested == "cuda" and not torch.cuda.is_available():
+        raise ValueError("train.device: 'cuda' requested but this rank sees no GPU")
+    return torch.device(requested)
+
+
+class Trainer:
+    def __init__(
+        self,
+        cfg: Config,
+        where: Placement,
+        transport: Transport,
+        comm: GroupComm | None = None,
+        device: torch.device | None = None,
+        data: DataSource | None = None,
+    ) -> None:
+        self.cfg, self.where = cfg, where
+        self.device = device or resolve_device(cfg.train.device)
+        self.comm = comm or SoloComm()
+        self.model = build_model(cfg, self.device)
+        self.forward: nn.Module = self.model
+        if where.ranks > 1:
+            from torch.nn.parallel import DistributedDataParallel
+
+            ids = [self.device.index] if self.device.type == "cuda" else None
+            self.forward = DistributedDataParallel(self.model, device_ids=ids)
+        if cfg.train.compile:
+            self.forward = torch.compile(self.forward)  # type: ignore[assignment]
+        bf16 = cfg.train.precision == "bf16" or (
+            cfg.train.precision == "auto" and self.device.type == "cuda"
+        )
+        self.autocast = (
+            (lambda: torch.autocast(self.device.type, dtype=torch.bfloat16))
+            if bf16
+            else contextlib.nullcontext
+        )
+        self.opt, self.sched = build_inner_optimizer(self.model, cfg.inner, cfg.train.steps)
+        self.transport = transport
+        self.engine = StreamingEngine(
+            self.model,
+            EngineOptions.from_config(cfg.outer, cfg.transport.timeout_s),
+            transport,
+            self.comm,
+        )
+        self.data = data or build_data_source(cfg)
+        self.stream = self.data.stream(where.group, where.rank, where.ranks)
+        self.step = 0
+        self.blocked_s = 0.0
+        self.evaluator = where.group == 0 and where.rank == 0
+        self.eval_model = build_model(cfg, self.device) if self.evaluator else None
+        self.args = self.model.args
+        name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else ""
+        self.peak = peak_flops(name)
+        self._sent_at: dict[int, int] = {}  # fragment -> own payload bytes of its open round
+
+    # ---- training ------------------------------------------------------------------------------
+
+    def train(self, until: int) -> Report:
+        """Run inner steps up to `until` (capped at train.steps); finish the run at the end."""
+        cfg, g = self.cfg, self.where.group
+        until = min(until, cfg.train.steps)
+        rep = Report(g, self.where.rank, self.step)
+        losses: list[float] = []
+        rounds: list[tuple[int, int, float, float]] = []  # (fragment, step, sent, received)
+        t0 = time.perf_counter()
+        first = self.step + 1
+        while self.step < until:
+            losses.append(self._inner_step())
+            self.step += 1
+            if g == 0:
+                rep.scalars.append(("train/lr_inner", self.sched.get_last_lr()[0], self.step))
+            self._record(self.engine.step(), rep, rounds)
+            every = cfg.train.eval_every
+            if self.evaluator and every and self.step % every == 0:
+                rep.evals.append((self.step, self.evaluate()))
+        if self.step == cfg.train.steps and not rep.done:
+            self._record(self.engine.finish(), rep, rounds)
+            if self.evaluator and not (rep.evals and rep.evals[-1][0] == self.step):
+                rep.evals.append((self.step, self.evaluate()))
+            rep.done = True
+        rep.seconds = time.perf_counter() - t0
+        rep.step = self.step
+        self._summarize(rep, first, losses, rounds)
+        return rep
+
+    def _inner_step(self) -> float:
+        batch = self.stream.next().to(self.device, non_blocking=True)  # (B/K, T+1)
+        with self.autocast():
+            logits = self.forward(batch[:, :-1])
+        loss = lm_loss(logits, batch[:, 1:])
+        self.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.cfg.inner.grad_clip > 0:
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.inner.grad_clip)
+        self.opt.step()
+        self.sched.step()
+        return loss.item()
+
+    def _record(self, events: list[SyncEvent], rep: Report, rounds: list) -> None:
+        g = self.where.group
+        for ev in events:
+            if ev.kind == "send":
+                self._sent_at[ev.fragment] = ev.payload_bytes
+                tag = f"outer/delta_norm/group{g}/fragment{ev.fragment}"
+                rep.scalars.append((tag, ev.delta_norm, ev.step))
+                continue
+            self.blocked_s += ev.blocked_s
+            sent = self._sent_at.pop(ev.fragment, 0)
+            rounds.append((ev.fragment, ev.step, sent, ev.payload_bytes - sent))
+            if g == 0:
+                rep.scalars += [
+                    (f"outer/quant_rel_error/fragment{ev.fragment}", ev.quant_rel_error, ev.step),
+                    (f"outer/mean_delta_norm/fragment{ev.fragment}", ev.mean_delta_norm, ev.step),
+                    ("outer/lr", self.cfg.outer.lr, ev.step),
+                    ("outer/groups_in_round", ev.groups, ev.step),
+                ]
+
+    def _summarize(self, rep: Report, first: int, losses: list[float], rounds: list) -> None:
+        """Turn this rank's chunk into the group's numbers (one small all-reduce when K > 1)."""
+        k, g = self.where.ranks, self.where.group
+        stats = self.transport.stats
+        mine = [*losses, *(x for r in rounds for x in r[2:])]
+        mine += [stats.bytes_sent, stats.bytes_received, self.blocked_s]
+        if k > 1:
+            from streamloco.workers.dist import all_reduce_sum
+
+            mine = all_reduce_sum(mine, self.device)
+        n = len(losses)
+        group_losses = [x / k for x in mine[:n]]
+        per_round = mine[n:-3]
+        rep.bytes_sent, rep.bytes_received = int(mine[-3]), int(mine[-2])
+        rep.blocked_s = mine[-1] / k
+        rep.tokens = n * self.cfg.train.batch_size * self.cfg.model.seq_len
+        if group_losses:
+            rep.loss = group_losses[-1]
+        rep.scalars += [(f"train/loss/group{g}", v, first + i) for i, v in enumerate(group_losses)]
+        for i, (p, step, _, _) in enumerate(rounds):
+            sent, received = per_round[2 * i], per_round[2 * i + 1]
+            rep.scalars += [
+                (f"comm/round_bytes_sent/group{g}", sent, step),
+                (f"comm/round_bytes_received/group{g}", received, step),
+                (f"comm/round_fragment/group{g}", p, step),
+            ]
+        if rounds or rep.done:
+            rep.scalars += [
+                (f"comm/bytes_sent/group{g}", rep.bytes_sent, rep.step),
+                (f"comm/bytes_received/group{g}", rep.bytes_received, rep.step),
+                (f"outer/blocked_s/group{g}", rep.blocked_s, rep.step),
+            ]
+        if n and rep.seconds > 0:
+            tps = rep.tokens / rep.seconds
+            rep.scalars.append((f"perf/tokens_per_s/group{g}", tps, rep.step))
+            if self.peak:
+                rep.scalars.append(
+                    (
+                        f"perf/mfu/group{g}",
+                        mfu(tps, self.args, self.cfg.model.seq_len, self.peak),
+                        rep.step,
+                    )
+                )
+        for step, by_lang in rep.evals:
+            loss = mean_loss(by_lang)
+            if len(by_lang) > 1:
+                rep.scalars += [(f"eval/loss/{lang}", v, step) for lang, v in by_lang.items()]
+            rep.scalars += [
+                ("eval/loss", loss, step),
+                ("eval/perplexity", math.exp(min(loss, 50.0)), step),
+            ]
+
+    # ---- evaluation ----------------------------------------------------------------------------
+
+    def evaluate(self) -> dict[str, float]:
+        """Eval loss of the global (outer) parameters on each language's held-out batches."""
+        model = self.eval_model if self.eval_model is not None else build_model(self.cfg)
+        load_global(model, self.engine.global_state())
+        return {
+            lang: evaluate(model, batches, self.autocast)
+            for lang, batches in self.data.eval_sets.items()
+        }
+
+    def global_state(self) -> dict[str, torch.Tensor]:
+        return self.engine.global_state()
+
+    def next_sync(self) -> tuple[int, int]:
+        """(step, fragment) of the next send, for progress displays."""
+        return self.engine.schedule.next_event(self.step)
+
+    # ---- initial broadcast and checkpoints ---------------------------------------------------
+
+    def model_state(self) -> dict[str, torch.Tensor]:
+        return {k: v.detach().cpu() for k, v in self.model.state_dict().items()}
+
+    def load_initial(self, state: Mapping[str, torch.Tensor]) -> None:
+        """Start from another rank's initialization (group 0's), before any step."""
+        if self.step:
+            raise RuntimeError("load_initial after training started")
+        self.model.load_state_dict(dict(state))
+        # the engine's global copy was taken from the old initialization: start it over
+        self.engine = StreamingEngine(self.model, self.engine.options, self.transport, self.comm)
+
+    def state_dict(self) -> dict:
+        """This rank's part of a checkpoint (a collective when K > 1; take it when idle).
+
+        Every rank returns its own part ("rank": data-stream position, byte counters); rank 0 of
+        a group also returns the group's ("group": model and inner optimizer, which DDP keeps
+        equal on all ranks; "engine": global parameters and outer state, equal on all groups).
+        """
+        engine = self.engine.state_dict()  # collective for K > 1: every rank must call it
+        stats = self.transport.stats
+        out: dict = {
+            "step": self.step,
+            "rank": {
+                "data": self.stream.state_dict(),
+                "bytes": [stats.bytes_sent, stats.bytes_received, stats.exchanges],
+                "blocked_s": self.blocked_s,
+            },
+        }
+        if self.where.rank == 0:
+            out["group"] = {
+                "model": self.model_state(),
+                "inner": self.opt.state_dict(),
+                "sched": self.sched.state_dict(),
+            }
+            out["engine"] = engine
+        return out
+
+    def load_state_dict(self, step: int, group: Mapping, engine: Mapping, rank: Mapping) -> None:
+        """Continue from a checkpoint: the group's part, the run's engine state, this rank's."""
+        self.model.load_state_dict(group["model"])
+        self.opt.load_state_dict(group["inner"])
+        self.sched.load_state_dict(group["sched"])
+        self.engine.load_state_dict(engine)
+        self.stream.load_state_dict(dict(rank["data"]))
+        stats = self.transport.stats
+        stats.bytes_sent, stats.bytes_received, stats.exchanges = (int(x) for x in rank["bytes"])
+        self.blocked_s = float(rank["blocked_s"])
+        self.step = int(step)
+        if self.engine.step_count != self.step:
+            raise ValueError(f"checkpoint: engine at step {self.engine.step_count}, run at {step}")
