@@ -35,6 +35,31 @@ def cmd_simulate(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
+    from streamloco.launcher.driver import train
+    from streamloco.results import summarize
+
+    if args.resume is not None:
+        saved = args.resume / "config.toml"
+        if args.config is not None:
+            raise ValueError("--resume takes the run's own config.toml: drop --config")
+        if not saved.is_file():
+            raise ValueError(f"--resume {args.resume}: no config.toml (not a run directory?)")
+        cfg = load_config(saved, overrides)
+        run_dir = args.resume
+    else:
+        cfg = _load(args, overrides)
+        run_dir = Path(cfg.run.out_dir) / cfg.run.name
+    m, k = cfg.train.groups, cfg.cluster.ranks_per_group
+    print(f"streamloco train: {m} groups x {k} ranks on Ray, run dir {run_dir}", flush=True)
+    result = train(cfg, run_dir, resume=args.resume is not None, progress=not args.no_progress)
+    print(summarize(cfg, result))
+    print(f"checkpoints: {run_dir / 'checkpoints'}")
+    if cfg.run.tensorboard:
+        print(f"watch it: tensorboard --logdir {run_dir / 'tb'}")
+    return 0
+
+
 def cmd_config(args: argparse.Namespace, overrides: list[str]) -> int:
     if args.explain:
         print(explain())
@@ -130,6 +155,13 @@ def build_parser() -> argparse.ArgumentParser:
         cmd_simulate,
         "train M worker groups as threads of one process over the in-process transport",
     )
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p = add(
+        "train",
+        cmd_train,
+        "train M worker groups of K Ray actors each (joins RAY_ADDRESS or starts a local Ray)",
+    )
+    p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue a run")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p = add("config", cmd_config, "print the resolved config as TOML")
     p.add_argument("--explain", action="store_true", help="list every key with its doc")

@@ -7,7 +7,9 @@ import sys
 from tqdm import tqdm
 
 
-def progress_bar(total: int | None = None, *, desc: str, unit: str, disable: bool = False) -> tqdm:
+def progress_bar(
+    total: int | None = None, *, desc: str, unit: str, disable: bool = False, initial: int = 0
+) -> tqdm:
     # In a log a bar that redraws 10x a second floods it with carriage returns: every 10 s there.
     interactive = sys.stderr.isatty()
     return tqdm(
@@ -16,5 +18,6 @@ def progress_bar(total: int | None = None, *, desc: str, unit: str, disable: boo
         unit=unit,
         dynamic_ncols=True,
         disable=disable,
+        initial=initial,
         mininterval=0.1 if interactive else 10.0,
     )

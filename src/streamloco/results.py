@@ -116,6 +116,7 @@ class Collector:
         self.eval_history: list[tuple[int, float]] = []
         self.eval_by_lang: dict[str, float] = {}
         self.steps = [0] * cfg.train.groups
+        self.tokens = 0  # processed by this run (a resumed run counts from its checkpoint)
         self._lock = threading.Lock()
 
     def add(self, rep) -> None:
@@ -134,6 +135,7 @@ class Collector:
             res.bytes_sent, res.bytes_received = rep.bytes_sent, rep.bytes_received
             res.blocked_s = rep.blocked_s
             self.steps[rep.group] = rep.step
+            self.tokens += rep.tokens
             for step, by_lang in rep.evals:
                 self.eval_history.append((step, mean_loss(by_lang)))
                 self.eval_by_lang = dict(by_lang)
@@ -153,5 +155,5 @@ class Collector:
             eval_by_lang=self.eval_by_lang,
             nll_floor=self.nll_floor,
             wall_s=wall_s,
-            tokens=m * cfg.train.steps * cfg.train.batch_size * cfg.model.seq_len,
+            tokens=self.tokens,
         )

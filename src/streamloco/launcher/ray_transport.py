@@ -139,12 +139,15 @@ _CoordinatorActor = ray.remote(num_cpus=0)(Coordinator)
 
 
 def create_coordinator(name: str, num_groups: int, namespace: str | None = None):
-    """Start the named coordinator actor for `num_groups` groups and return its handle."""
+    """Start the named coordinator actor for `num_groups` groups; returns its handle once it
+    answers, so that the first round's timeouts do not include the actor's start (~1 s)."""
     if num_groups < 1:
         raise ValueError(f"coordinator: num_groups must be >= 1, got {num_groups}")
-    return _CoordinatorActor.options(
+    handle = _CoordinatorActor.options(
         name=name, namespace=namespace, max_concurrency=MAX_CONCURRENCY
     ).remote(num_groups)
+    ray.get(handle.rounds_open.remote())
+    return handle
 
 
 def get_coordinator(name: str, namespace: str | None = None):
