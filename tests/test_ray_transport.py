@@ -40,24 +40,28 @@ ENGINE_OPTS = EngineOptions(
 )
 
 
-def train_group(transport: Transport, steps: int, options: EngineOptions) -> list[torch.Tensor]:
-    """One group's training run (as in test_engine.py); returns its global parameters."""
-    torch.manual_seed(0)  # every group starts from the same initialization
-    model = Transformer(model_args("tiny", VOCAB, SEQ))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, foreach=False)
-    engine = StreamingEngine(model, options, transport)
-    stream = SyntheticStream(
-        MarkovLanguage(VOCAB, branching=2, seed=0), BATCH, SEQ, seed=1, stream=transport.group
-    )
-    for _ in range(steps):
-        batch = stream.next()
-        loss = model.loss(batch[:, :-1], batch[:, 1:])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        engine.step()
-    engine.finish()
-    return [g.clone() for g in engine.global_params]
+class Group:
+    """One group's model, inner optimizer, data and engine (as in test_engine.py)."""
+
+    def __init__(self, transport: Transport, options: EngineOptions) -> None:
+        torch.manual_seed(0)  # every group starts from the same initialization
+        self.model = Transformer(model_args("tiny", VOCAB, SEQ))
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=3e-3, foreach=False)
+        self.engine = StreamingEngine(self.model, options, transport)
+        language = MarkovLanguage(VOCAB, branching=2, seed=0)
+        self.stream = SyntheticStream(language, BATCH, SEQ, seed=1, stream=transport.group)
+
+    def train(self, steps: int) -> list[torch.Tensor]:
+        """Train `steps` inner steps, apply what is in flight; returns the global parameters."""
+        for _ in range(steps):
+            batch = self.stream.next()
+            loss = self.model.loss(batch[:, :-1], batch[:, 1:])
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            self.engine.step()
+        self.engine.finish()
+        return [g.clone() for g in self.engine.global_params]
 
 
 @ray.remote(num_cpus=0)
@@ -94,7 +98,7 @@ class Peer:
 
     def train(self, name: str, group: int, num_groups: int, steps: int, options) -> list:
         transport = RayTransport(get_coordinator(name), group, num_groups)
-        return train_group(transport, steps, options)
+        return Group(transport, options).train(steps)
 
 
 @pytest.fixture(scope="module")
@@ -131,7 +135,7 @@ def test_groups_exchange_every_payload_in_group_order_with_exact_counters(peers,
     name, coord = coordinator(m)
     group_peers = peers[:m]
     ray.get([p.connect.remote(name, g, m) for g, p in enumerate(group_peers)])
-    sizes = [10, 200, 3000][:m]
+    sizes = [10, 2000, 300_000][:m]  # the last one goes through the shared-memory store
     keys = [(0, 2), (1, 4)]
     for key in keys:
         payloads = {g: bytes([g + 1]) * sizes[g] + repr(key).encode() for g in range(m)}
@@ -159,11 +163,6 @@ def test_ranks_of_a_group_exchange_independently(peers, coordinator):
             for g, p in enumerate((a, b))
         ]
     )
-    # The peers' calls to the coordinator are asynchronous: give them a moment to land.
-    deadline = time.monotonic() + 10
-    while ray.get(coord.rounds_open.remote()) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    assert ray.get(coord.rounds_open.remote()) == 2  # one round per rank
     for rank in (0, 1):
         results = ray.get([p.wait.remote(name, rank, key) for p in (a, b)])
         for result, _, _ in results:
@@ -182,16 +181,15 @@ def test_engine_over_ray_is_bit_identical_to_the_in_process_run(peers, coordinat
     over_ray = ray.get(futures, timeout=120)
 
     hub = InProcessHub(2)
+    # Built one after the other: torch's global RNG (the initialization) is shared by threads.
+    groups = [Group(hub.transport(g), ENGINE_OPTS) for g in range(2)]
     in_process: list = [None, None]
     threads_before = torch.get_num_threads()
     torch.set_num_threads(1)  # the same kernels as in the single-threaded actors
     try:
         threads = [
             threading.Thread(
-                target=lambda g: in_process.__setitem__(
-                    g, train_group(hub.transport(g), steps, ENGINE_OPTS)
-                ),
-                args=(g,),
+                target=lambda g: in_process.__setitem__(g, groups[g].train(steps)), args=(g,)
             )
             for g in range(2)
         ]
@@ -221,6 +219,7 @@ def test_wait_times_out_naming_the_missing_group_and_succeeds_once_it_sends(coor
     assert not handle.done()
     with pytest.raises(TransportError, match=r"timed out after 0.3s waiting for groups \[1\]"):
         handle.wait(timeout=0.3)
+    assert ray.get(coord.rounds_open.remote()) == 1
     with pytest.raises(TransportError, match="twice"):
         t0.exchange((0, 3), b"again")
     other = t1.exchange((0, 3), b"late")
