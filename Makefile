@@ -34,8 +34,9 @@ data/shards/manifest.json: data/tokenizer/demo.model
 data: setup data/shards/manifest.json
 	$(SL) tokenizer report --config configs/demo.toml
 
+# Each demo run gets its own run directory (a second `make demo` must not trip over the first).
 demo: data
-	$(SL) simulate --config configs/demo.toml
+	$(SL) train --config configs/demo.toml --run.name=demo-$$(date +%Y%m%d-%H%M%S)
 
 test: setup
 	$(VENV)/bin/ruff check .

@@ -139,15 +139,18 @@ class Collector:
             for step, by_lang in rep.evals:
                 self.eval_history.append((step, mean_loss(by_lang)))
                 self.eval_by_lang = dict(by_lang)
+            if rep.group == 0 and self.cfg.train.groups > 1:
+                self._versus_ddp(res, rep.step)
+
+    def _versus_ddp(self, res: GroupResult, step: int) -> None:
+        """What DDP across the same groups would have moved by `step`, and our ratio to it."""
+        moved = res.bytes_sent + res.bytes_received
+        ddp = ddp_bytes_per_group(self.params, self.cfg.train.groups, step, 16)
+        self.sink.scalar("comm/ddp_bf16_bytes_per_group", ddp, step)
+        if moved:
+            self.sink.scalar("comm/ratio_vs_ddp_bf16", ddp / moved, step)
 
     def finish(self, wall_s: float) -> RunResult:
-        """The result; also writes the DDP comparison at the last step."""
-        cfg, m = self.cfg, self.cfg.train.groups
-        if m > 1:
-            moved = self.groups[0].bytes_sent + self.groups[0].bytes_received
-            ddp = ddp_bytes_per_group(self.params, m, cfg.train.steps, 16)
-            self.sink.scalar("comm/ddp_bf16_bytes_per_group", ddp, cfg.train.steps)
-            self.sink.scalar("comm/ratio_vs_ddp_bf16", ddp / max(moved, 1), cfg.train.steps)
         return RunResult(
             params=self.params,
             groups=self.groups,

@@ -257,7 +257,11 @@ class Trainer:
         for step, by_lang in rep.evals:
             loss = mean_loss(by_lang)
             if len(by_lang) > 1:
-                rep.scalars += [(f"eval/loss/{lang}", v, step) for lang, v in by_lang.items()]
+                for lang, v in by_lang.items():
+                    rep.scalars += [
+                        (f"eval/loss/{lang}", v, step),
+                        (f"eval/perplexity/{lang}", math.exp(min(v, 50.0)), step),
+                    ]
             rep.scalars += [
                 ("eval/loss", loss, step),
                 ("eval/perplexity", math.exp(min(loss, 50.0)), step),
