@@ -146,3 +146,47 @@ def test_bad_input_fails_before_any_actor_starts(local_ray, tmp_path, capsys):
     assert rc == 2
     assert "no config.toml" in capsys.readouterr().err
     assert len(ray.util.list_named_actors(all_namespaces=True)) == before
+
+
+def test_a_killed_actor_stops_the_run_cleanly_and_keeps_the_checkpoint(local_ray, tmp_path):
+    import threading
+    import time
+
+    import ray
+
+    from streamloco.workers.checkpoint import load_latest
+
+    cfg = _cfg(
+        tmp_path,
+        "--run.name=killed",
+        "--train.steps=400",
+        "--run.checkpoint_every=20",
+        "--train.log_every=5",
+    )
+    run_dir = tmp_path / "killed"
+    killed: list[str] = []
+
+    def kill_group1_after_a_checkpoint() -> None:
+        deadline = time.monotonic() + 120
+        while time.monotonic() < deadline:
+            if (run_dir / "checkpoints" / "step-00000021").is_dir():
+                for actor in ray.util.list_named_actors(all_namespaces=True):
+                    if actor["name"].endswith("-g1r0"):
+                        ray.kill(ray.get_actor(actor["name"], namespace=actor["namespace"]))
+                        killed.append(actor["name"])
+                        return
+            time.sleep(0.1)
+
+    before = len(ray.util.list_named_actors(all_namespaces=True))
+    killer = threading.Thread(target=kill_group1_after_a_checkpoint)
+    killer.start()
+    with pytest.raises(RuntimeError, match="group 1 rank 0 failed"):
+        train(cfg, run_dir, progress=False)
+    killer.join()
+    assert killed, "the run ended before the actor could be killed"
+    path, state, _ = load_latest(run_dir / "checkpoints")
+    assert state["step"] >= 21
+    deadline = time.monotonic() + 30  # ray.kill is asynchronous
+    while len(ray.util.list_named_actors(all_namespaces=True)) > before:
+        assert time.monotonic() < deadline, "actors left behind"
+        time.sleep(0.2)

@@ -36,7 +36,7 @@ def cmd_simulate(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
-    from streamloco.launcher.driver import train
+    from streamloco.launcher.driver import TrainingFailed, train
     from streamloco.results import summarize
 
     if args.resume is not None:
@@ -52,7 +52,15 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
         run_dir = Path(cfg.run.out_dir) / cfg.run.name
     m, k = cfg.train.groups, cfg.cluster.ranks_per_group
     print(f"streamloco train: {m} groups x {k} ranks on Ray, run dir {run_dir}", flush=True)
-    result = train(cfg, run_dir, resume=args.resume is not None, progress=not args.no_progress)
+    try:
+        result = train(cfg, run_dir, resume=args.resume is not None, progress=not args.no_progress)
+    except TrainingFailed as e:
+        print(f"streamloco: training failed: {e}", file=sys.stderr)
+        print(
+            f"streamloco: continue from the last checkpoint: streamloco train --resume {run_dir}",
+            file=sys.stderr,
+        )
+        return 1
     print(summarize(cfg, result))
     print(f"checkpoints: {run_dir / 'checkpoints'}")
     if cfg.run.tensorboard:

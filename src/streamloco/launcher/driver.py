@@ -37,6 +37,10 @@ class LaunchError(ValueError):
     """Something is wrong before training starts (reported without a traceback)."""
 
 
+class TrainingFailed(RuntimeError):
+    """A worker failed or stalled mid-run; the last checkpoint is intact."""
+
+
 @dataclass
 class Plan:
     """When chunks end and checkpoints are taken."""
@@ -310,7 +314,7 @@ def _drive(
     while pending:
         ready, _ = ray.wait(list(pending), num_returns=1, timeout=stall)
         if not ready:
-            raise RuntimeError(
+            raise TrainingFailed(
                 f"no worker reported for {stall:.0f}s (transport.timeout_s + 120 s); "
                 f"waiting on {sorted({(v[0], v[1]) for v in pending.values()})}"
             )
@@ -320,7 +324,7 @@ def _drive(
             value = ray.get(ref)
         except RayError as e:
             ray.get(groups.coordinator.abort.remote(f"group {g} rank {r} failed"))
-            raise RuntimeError(f"group {g} rank {r} failed at step <= {step}: {e}") from None
+            raise TrainingFailed(f"group {g} rank {r} failed at step <= {step}: {e}") from None
         if kind == "train":
             collector.add(value)
             if r == 0:
