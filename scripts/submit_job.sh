@@ -17,12 +17,12 @@ usage() { sed -n '2,12s/^# \{0,1\}//p' "$0"; }
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 address="${RAY_API_SERVER_ADDRESS:-${RAY_ADDRESS:-http://127.0.0.1:8265}}"
-no_wait=()
+no_wait=""
 while [[ $# -gt 0 ]]; do
     case "$1" in
         --address) [[ $# -ge 2 ]] || die "--address needs a URL"; address="$2"; shift 2 ;;
         --address=*) address="${1#*=}"; shift ;;
-        --no-wait) no_wait=(--no-wait); shift ;;
+        --no-wait) no_wait=1; shift ;;
         -h | --help) usage; exit 0 ;;
         --) shift; break ;;
         *) die "unknown option '$1' (streamloco arguments go after --)" ;;
@@ -35,10 +35,12 @@ command -v ray >/dev/null ||
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
 
 # A quick TCP check turns "head not running" into one clear line instead of a traceback.
-if [[ "$address" =~ ^(https?)://([^/:]+)(:([0-9]+))? ]]; then
+if [[ "$address" =~ ^(https?://)?([^/:]+)(:([0-9]+))?(/|$) ]]; then  # no scheme: Ray says http
     host="${BASH_REMATCH[2]}"
-    port="${BASH_REMATCH[4]:-$([[ ${BASH_REMATCH[1]} == https ]] && echo 443 || echo 80)}"
-    timeout 5 bash -c ": >/dev/tcp/$host/$port" 2>/dev/null || {
+    port="${BASH_REMATCH[4]:-$([[ ${BASH_REMATCH[1]} == https* ]] && echo 443 || echo 80)}"
+    probe=(bash -c ": >/dev/tcp/$host/$port")
+    ! command -v timeout >/dev/null || probe=(timeout 5 "${probe[@]}")
+    "${probe[@]}" 2>/dev/null || {
         echo "submit_job.sh: no Ray head answers at $address (start one: docs/cluster.md)" >&2
         exit 1
     }
@@ -51,15 +53,16 @@ runtime_env="{\"py_modules\": [\"$root/src/streamloco\"], \"excludes\": [$exclud
 
 rc=0
 ray job submit --address "$address" --submission-id "$id" --working-dir "$root" \
-    --runtime-env-json "$runtime_env" "${no_wait[@]}" -- python -m streamloco "$@" || rc=$?
-[[ ${#no_wait[@]} -eq 0 || $rc -ne 0 ]] || exit 0
+    --runtime-env-json "$runtime_env" ${no_wait:+--no-wait} -- python -m streamloco "$@" || rc=$?
+[[ -z "$no_wait" || $rc -ne 0 ]] || exit 0
 
+how="RAY_AUTH_MODE=token ray job {logs|stop} --address $address $id"
 status="$(ray job status --address "$address" --log-color false "$id" 2>&1 || true)"
 case "$status" in
     *"Job '$id' succeeded"*) exit 0 ;;
     *"Job '$id' failed"* | *"Job '$id' was stopped"*)
-        echo "submit_job.sh: job $id did not succeed (its log is above; again: ray job logs $id)" >&2 ;;
-    *"Status for job '$id'"*) echo "submit_job.sh: job $id still runs (ray job stop $id)" >&2 ;;
+        echo "submit_job.sh: job $id did not succeed; its log is above ($how)" >&2 ;;
+    *"Status for job '$id'"*) echo "submit_job.sh: job $id still runs ($how)" >&2 ;;
     *) echo "submit_job.sh: submitting failed (ray job submit exit $rc), see above" >&2 ;;
 esac
 exit $((rc ? rc : 1))
