@@ -190,3 +190,16 @@ def test_a_killed_actor_stops_the_run_cleanly_and_keeps_the_checkpoint(local_ray
     while len(ray.util.list_named_actors(all_namespaces=True)) > before:
         assert time.monotonic() < deadline, "actors left behind"
         time.sleep(0.2)
+
+
+def test_more_resources_than_the_cluster_has_fail_clearly_and_free_everything(local_ray, tmp_path):
+    import ray
+
+    from streamloco.launcher.driver import LaunchError
+
+    before = ray.available_resources().get("CPU", 0)
+    cfg = _cfg(tmp_path, "--cluster.cpus_per_rank=4", "--cluster.start_timeout_s=3")
+    with pytest.raises(LaunchError, match=r"could not reserve 2 groups x 1 ranks"):
+        train(cfg, tmp_path / "too-big", progress=False)
+    assert not (tmp_path / "too-big" / "tb").exists()
+    ray.get(ray.remote(num_cpus=before)(lambda: None).remote(), timeout=60)  # all CPUs free again

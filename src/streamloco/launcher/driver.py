@@ -105,24 +105,27 @@ def _tokenizer_hash(cfg: Config) -> str:
 class _Groups:
     """The actors of M groups x K ranks, and the Ray resources they hold."""
 
-    def __init__(self, cfg: Config, run_id: str) -> None:
+    def __init__(self) -> None:
+        self.coordinator = None
+        self.pgs: list = []
+        self.actors: list[list] = []
+
+    def start(self, cfg: Config, run_id: str) -> None:
+        """Reserve, start and connect everything; on failure `close` frees what was started."""
         import ray
-        from ray.util.placement_group import placement_group, remove_placement_group
+        from ray.util.placement_group import placement_group
         from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
         from streamloco.launcher.actors import RemoteRankActor
         from streamloco.launcher.ray_transport import create_coordinator
 
-        self._remove_pg = remove_placement_group
         cl, m, k = cfg.cluster, cfg.train.groups, cfg.cluster.ranks_per_group
         bundle = {"CPU": cl.cpus_per_rank} | ({"GPU": cl.gpus_per_rank} if cl.gpus_per_rank else {})
         self.coordinator = create_coordinator(f"streamloco-{run_id}", m)
         self.pgs = [placement_group([bundle] * k, strategy=cl.placement) for _ in range(m)]
-        self.actors: list[list] = []
         ready = [pg.ready() for pg in self.pgs]
         done, _ = ray.wait(ready, num_returns=len(ready), timeout=cl.start_timeout_s)
         if len(done) < len(ready):
-            self.close()
             raise LaunchError(
                 f"cluster: could not reserve {m} groups x {k} ranks x {bundle} "
                 f"({cl.placement}) within {cl.start_timeout_s:.0f}s; the cluster has "
@@ -163,12 +166,14 @@ class _Groups:
 
     def close(self) -> None:
         import ray
+        from ray.util.placement_group import remove_placement_group
 
         for actor in self.all():
             ray.kill(actor)
-        ray.kill(self.coordinator)
+        if self.coordinator is not None:
+            ray.kill(self.coordinator)
         for pg in self.pgs:
-            self._remove_pg(pg)
+            remove_placement_group(pg)
 
 
 def _connect() -> bool:
@@ -200,9 +205,9 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, progress: bool = 
 
     started = _connect()
     sink: MetricsSink = NullSink()
-    groups = None
+    groups = _Groups()
     try:
-        groups = _Groups(cfg, f"{cfg.run.name}-{uuid.uuid4().hex[:8]}")
+        groups.start(cfg, f"{cfg.run.name}-{uuid.uuid4().hex[:8]}")
         if state is not None:
             _restore(groups, state)
         elif len(groups.all()) > 1:  # every replica starts from group 0's initialization
@@ -230,8 +235,7 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, progress: bool = 
         return result
     finally:
         sink.close()
-        if groups is not None:
-            groups.close()
+        groups.close()
         if started:
             ray.shutdown()
 
