@@ -184,7 +184,7 @@ def test_a_killed_actor_stops_the_run_cleanly_and_keeps_the_checkpoint(local_ray
         train(cfg, run_dir, progress=False)
     killer.join()
     assert killed, "the run ended before the actor could be killed"
-    path, state, _ = load_latest(run_dir / "checkpoints")
+    _, state, _ = load_latest(run_dir / "checkpoints")
     assert state["step"] >= 21
     deadline = time.monotonic() + 30  # ray.kill is asynchronous
     while len(ray.util.list_named_actors(all_namespaces=True)) > before:

@@ -141,6 +141,7 @@ class Trainer:
         self.data = data or build_data_source(cfg)
         self.stream = self.data.stream(where.group, where.rank, where.ranks)
         self.step = 0
+        self.finished = False  # the last step ran and every exchange has landed
         self.blocked_s = 0.0
         self.evaluator = where.group == 0 and where.rank == 0
         self.eval_model = build_model(cfg, self.device) if self.evaluator else None
@@ -169,11 +170,12 @@ class Trainer:
             every = cfg.train.eval_every
             if self.evaluator and every and self.step % every == 0:
                 rep.evals.append((self.step, self.evaluate()))
-        if self.step == cfg.train.steps and not rep.done:
+        if self.step == cfg.train.steps and not self.finished:
             self._record(self.engine.finish(), rep, rounds)
             if self.evaluator and not (rep.evals and rep.evals[-1][0] == self.step):
                 rep.evals.append((self.step, self.evaluate()))
-            rep.done = True
+            self.finished = True
+        rep.done = self.finished
         rep.seconds = time.perf_counter() - t0
         rep.step = self.step
         self._summarize(rep, first, losses, rounds)
