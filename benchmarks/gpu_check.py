@@ -1,7 +1,7 @@
 """The GPU path end to end, for a machine with at least one NVIDIA GPU (prints numbers only).
 
-Runs `streamloco train` (local Ray) on synthetic data with bf16 autocast, a GPU per rank and
-NCCL inside a group, and prints tokens/s and MFU per configuration:
+Runs `streamloco train` (local Ray) on shards of random tokens with bf16 autocast, a GPU per
+rank and NCCL inside a group, and prints tokens/s and MFU per configuration:
 
   1. 1 group x 1 rank, the 35m model (the paper's smallest), optionally torch.compile'd;
   2. 2 groups sharing the GPU(s) (0.5 GPU each when there is one): the Ray transport between
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from bench_train_overhead import write_random_shards  # same directory
 from streamloco.config import load_config
 from streamloco.launcher.driver import train
 from streamloco.workers.model import mfu, model_args, peak_flops
@@ -32,7 +33,8 @@ def run(name: str, overrides: list[str], out: Path) -> None:
     cfg = load_config(
         None,
         [
-            "--data.source=synthetic",
+            "--data.source=shards",
+            f"--data.dir={out / 'shards'}",
             "--model.vocab_size=32000",
             "--model.seq_len=512",
             "--train.batch_size=32",
@@ -76,6 +78,7 @@ def main() -> int:
     common = [f"--model.size={a.size}", f"--train.steps={a.steps}", "--cluster.cpus_per_rank=2"]
     with tempfile.TemporaryDirectory() as tmp:
         out = Path(tmp)
+        write_random_shards(out / "shards", 32000, 50_000_000)
         one = [*common, "--train.groups=1", "--cluster.gpus_per_rank=1"]
         run("1 group x 1 rank", one, out)
         if a.compile:

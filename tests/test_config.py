@@ -55,6 +55,13 @@ def test_defaults_are_valid():
         ({"outer": {"alpha": 1.5}}, "outer.alpha", r"\[0, 1\]"),
         ({"outer": {"momentum": 1.0}}, "outer.momentum", r"\[0, 1\)"),
         ({"outer": {"codec": "int3"}}, "outer.codec", "not one of"),
+        ({"model": {"vocab_size": 8000}}, "model.vocab_size", "too large for data.source"),
+        (
+            {"train": {"batch_size": 9}, "cluster": {"ranks_per_group": 2}},
+            "train.batch_size",
+            "split",
+        ),
+        ({"cluster": {"backend": "nccl"}}, "cluster.backend", "nccl needs GPUs"),
         ({"outer": {"pattern": "random"}}, "outer.pattern", "not one of"),
         ({"outer": {"fragments": 7, "sync_every": 70}}, "outer.fragments", "exceeds the 6"),
         ({"model": {"size": "7b"}}, "model.size", "not one of"),

@@ -365,6 +365,12 @@ def validate(cfg: Config) -> None:
     )
     _check(tk.max_chars >= 10_000, "tokenizer.max_chars", "must be >= 10000")
     _check(cfg.data.branching <= m.vocab_size, "data.branching", "must be <= model.vocab_size")
+    _check(
+        cfg.data.source != "synthetic" or m.vocab_size <= 512,
+        "model.vocab_size",
+        f"{m.vocab_size} is too large for data.source='synthetic' (its order-2 table holds "
+        "vocab^3 numbers; at most 512), use token shards for larger vocabularies",
+    )
     for key, value in [
         ("train.steps", t.steps),
         ("train.batch_size", t.batch_size),

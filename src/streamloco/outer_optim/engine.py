@@ -11,6 +11,13 @@ Every group decodes the same bytes, its own payload included (never its unquanti
 reduces them in the same order on the same kind of device, so all groups end every round with
 bit-identical global parameters and outer state.
 
+Bad contributions never reach the global model: a group whose pseudo-gradient is not finite sends
+an empty payload (it abstains), and every payload that is empty or fails validation (header,
+checksum, size, finiteness) is left out of the mean. Every group sees the same bytes, so every
+group leaves out the same ones and the globals stay identical. A group whose own payload is not in
+the mean (it abstained, sent something invalid, or the transport closed the round without it)
+adopts the global fragment (local = global, whatever alpha) instead of merging.
+
 Hierarchical sync (a group of K ranks, see comm.py): every rank holds the full global copy and
 its group's full local parameters (DDP keeps them equal), but sends, reduces and outer-steps only
 its own shard of each fragment (whole codec blocks, so results are bit-identical for any K); the
@@ -25,6 +32,7 @@ quantization-error metric (at most one fragment is in flight, since tau < H/F).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -80,6 +88,12 @@ class SyncEvent:
     mean_delta_norm: float = 0.0  # apply: ||mean decoded delta|| (own shard)
     blocked_s: float = 0.0  # apply: time spent waiting for the exchange
     groups: int = 0  # apply: payloads that took part
+    excluded: tuple[tuple[int, str], ...] = ()  # apply: (group, why) left out of the mean
+    adopted: bool = False  # apply: own payload not in the mean -> local fragment = global
+    abstained: bool = False  # send: own delta was not finite -> sent an empty payload
+
+
+ABSTAIN = b""  # the payload of a group that has nothing valid to contribute
 
 
 @dataclass
@@ -152,12 +166,16 @@ class StreamingEngine:
         delta = self.global_params[p] - local  # (n_p,) fp32
         lo, hi = self.shards[p]
         own = delta[lo:hi] if self.comm.size > 1 else delta
-        payload = self.codec.encode(own)
+        norm = float(delta.norm())
+        # A non-finite local model (diverged, or a faulty device) must not travel: abstain, so
+        # the others need not wait, and adopt the global fragment at the apply.
+        abstain = not math.isfinite(float(own.norm()))
+        payload = ABSTAIN if abstain else self.codec.encode(own)
         handle = self.transport.exchange((p, self.step_count), payload)
         self.in_flight[p] = _InFlight(
             self.step_count, handle, own.clone() if own is not delta else delta
         )
-        return SyncEvent("send", p, self.step_count, len(payload), float(delta.norm()))
+        return SyncEvent("send", p, self.step_count, len(payload), norm, abstained=abstain)
 
     def _apply(self, p: int) -> SyncEvent:
         flight = self.in_flight.pop(p)
@@ -167,26 +185,30 @@ class StreamingEngine:
         lo, hi = self.shards[p]
         n = hi - lo
         total: torch.Tensor | None = None
-        err = 0.0
+        err, used = 0.0, 0
+        excluded: list[tuple[int, str]] = []
         for group in sorted(payloads):  # fixed order -> identical sums on every group
-            # max_numel bounds what a hostile zstd payload can make us allocate.
-            decoded = self.codec.decode(payloads[group], max_numel=n).to(self.state_device)
-            if decoded.shape != (n,):
-                raise ValueError(
-                    f"fragment {p}: group {group} sent {tuple(decoded.shape)} elements, "
-                    f"expected ({n},) (different model or fragment plan?)"
-                )
+            decoded, why = self._decode(payloads[group], n)
+            if decoded is None:
+                excluded.append((group, why))
+                continue
             if group == self.transport.group and flight.delta is not None:
                 err = _relative_error(decoded, flight.delta)
             # decode returns a fresh tensor: accumulate into the first one (no extra buffer)
             total = decoded if total is None else total.add_(decoded)
-        assert total is not None, "a round always holds this group's own payload"
-        mean_norm = float(total.div_(len(payloads)).norm())  # total is now the mean delta
+            used += 1
+        own_used = self.transport.group in payloads and all(
+            g != self.transport.group for g, _ in excluded
+        )
         glob = self.global_params[p]
-        self.momentum[p] = self.outer.step_(glob[lo:hi], total, self.momentum[p])
+        mean_norm = 0.0
+        if total is not None:  # no valid payload at all: the global fragment stays as it was
+            mean_norm = float(total.div_(used).norm())  # total is now the mean delta
+            self.momentum[p] = self.outer.step_(glob[lo:hi], total, self.momentum[p])
         if self.comm.size > 1:  # assemble the stepped shards over the group's fast link
             self.comm.all_gather(glob[lo:hi], glob, self.shard_len[p])
-        merge_(self.params[p], glob, self.options.alpha)
+            own_used = self._all_ranks(own_used)
+        merge_(self.params[p], glob, self.options.alpha if own_used else 0.0)
         return SyncEvent(
             "apply",
             p,
@@ -195,8 +217,32 @@ class StreamingEngine:
             quant_rel_error=err,
             mean_delta_norm=mean_norm,
             blocked_s=blocked,
-            groups=len(payloads),
+            groups=used,
+            excluded=tuple(excluded),
+            adopted=not own_used,
         )
+
+    def _decode(self, payload: bytes, n: int) -> tuple[torch.Tensor | None, str]:
+        """The payload as an (n,) fp32 tensor, or None and why it cannot take part."""
+        if not payload:
+            return None, "abstained (its pseudo-gradient was not finite)"
+        try:
+            # max_numel bounds what a hostile zstd payload can make us allocate.
+            decoded = self.codec.decode(payload, max_numel=n).to(self.state_device)
+        except ValueError as e:  # CodecError: header, checksum, size, non-finite values
+            return None, f"invalid payload: {e}"
+        if decoded.shape != (n,):
+            return None, (
+                f"sent {tuple(decoded.shape)} elements, expected ({n},) "
+                "(a different model or fragment plan?)"
+            )
+        return decoded, ""
+
+    def _all_ranks(self, flag: bool) -> bool:
+        """True only if every rank of the group says so (they must merge alike)."""
+        flags = torch.empty(self.comm.size)
+        self.comm.all_gather(torch.tensor([float(flag)]), flags, 1)
+        return bool(flags.all())
 
     # ---- evaluation and checkpoints -----------------------------------------------------------
 
