@@ -55,7 +55,6 @@ def test_defaults_are_valid():
         ({"outer": {"alpha": 1.5}}, "outer.alpha", r"\[0, 1\]"),
         ({"outer": {"momentum": 1.0}}, "outer.momentum", r"\[0, 1\)"),
         ({"outer": {"codec": "int3"}}, "outer.codec", "not one of"),
-        ({"model": {"vocab_size": 8000}}, "model.vocab_size", "too large for data.source"),
         (
             {"train": {"batch_size": 9}, "cluster": {"ranks_per_group": 2}},
             "train.batch_size",

@@ -359,3 +359,53 @@ def test_sharded_state_needs_a_round_boundary_and_restores_onto_any_k():
     assert again["step"] == 7
     for a, b in zip(again["momentum"], state["momentum"], strict=True):
         assert a is not None and torch.equal(a, b)
+
+
+class _Faulty:
+    """Wraps a group's transport: corrupts or replaces its payloads on chosen sends."""
+
+    def __init__(self, inner, corrupt_at: set[int]) -> None:
+        self.inner, self.corrupt_at = inner, corrupt_at
+        self.group, self.num_groups, self.stats = inner.group, inner.num_groups, inner.stats
+
+    def exchange(self, key, payload):
+        if key[1] in self.corrupt_at and payload:
+            payload = payload[:-1] + bytes([payload[-1] ^ 0xFF])  # one flipped byte
+        return self.inner.exchange(key, payload)
+
+
+def test_bad_contributions_are_left_out_by_every_group_alike():
+    """Group 2 sends a corrupted payload at step 2 and goes NaN at step 4: the others average
+    without it, everyone keeps identical finite globals, and group 2 adopts the global."""
+    m = 3
+    hub = InProcessHub(m)
+    reps = [make_replica(g, FP32_AVG, hub) for g in range(m)]
+    reps[2].engine.transport = _Faulty(hub.transport(2), corrupt_at={2})
+    seen: dict = {}
+
+    def hook(rep, events):
+        g = rep.engine.transport.group
+        if events == "before_sync":
+            seen[(g, rep.engine.step_count + 1, "local")] = flatten(list(rep.model.parameters()))
+            if g == 2 and rep.engine.step_count + 1 == 4:
+                with torch.no_grad():
+                    next(rep.model.parameters()).fill_(float("nan"))
+            return
+        for ev in events:
+            seen[(g, ev.step, ev.kind)] = ev
+        seen[(g, rep.engine.step_count, "global")] = rep.engine.global_params[0].clone()
+
+    in_threads(lambda g: reps[g].train(5, hook), m)
+    for step, why in ((2, "invalid payload"), (4, "abstained")):
+        for g in range(m):
+            ev = seen[(g, step, "apply")]
+            assert [b for b, _ in ev.excluded] == [2] and why in ev.excluded[0][1]
+            assert ev.groups == 2 and ev.adopted == (g == 2)
+            assert torch.equal(seen[(g, step, "global")], seen[(0, step, "global")])
+        # lr 1, no momentum, alpha 0: the new global is the mean of groups 0 and 1 only
+        mean = (seen[(0, step, "local")] + seen[(1, step, "local")]) / 2
+        torch.testing.assert_close(seen[(0, step, "global")], mean, rtol=0, atol=1e-6)
+    assert seen[(2, 4, "send")].abstained
+    assert torch.isfinite(seen[(0, 5, "global")]).all()
+    # alpha 0: the adopting group took the global parameters, NaNs gone
+    assert torch.isfinite(flatten(list(reps[2].model.parameters()))).all()

@@ -224,7 +224,10 @@ def test_wait_times_out_naming_the_missing_group_and_succeeds_once_it_sends(coor
         t0.exchange((0, 3), b"again")
     other = t1.exchange((0, 3), b"late")
     assert other.wait(timeout=10) == {0: b"payload", 1: b"late"}
-    assert handle.done()
+    deadline = time.monotonic() + 10  # the round's answer reaches t0's future asynchronously
+    while not handle.done():
+        assert time.monotonic() < deadline, "round closed but the handle never became done"
+        time.sleep(0.01)
     assert handle.wait(timeout=10) == {0: b"payload", 1: b"late"}
     assert (t0.stats.bytes_sent, t0.stats.bytes_received) == (7, 4)
     assert ray.get(coord.rounds_open.remote()) == 0

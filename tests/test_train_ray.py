@@ -162,6 +162,7 @@ def test_a_killed_actor_stops_the_run_cleanly_and_keeps_the_checkpoint(local_ray
         "--train.steps=400",
         "--run.checkpoint_every=20",
         "--train.log_every=5",
+        "--train.min_groups=2",  # one group alone may not go on: the run must stop
     )
     run_dir = tmp_path / "killed"
     killed: list[str] = []
@@ -203,3 +204,9 @@ def test_more_resources_than_the_cluster_has_fail_clearly_and_free_everything(lo
         train(cfg, tmp_path / "too-big", progress=False)
     assert not (tmp_path / "too-big" / "tb").exists()
     ray.get(ray.remote(num_cpus=before)(lambda: None).remote(), timeout=60)  # all CPUs free again
+
+
+def test_a_synthetic_run_with_a_huge_vocabulary_is_refused_before_start(tmp_path, capsys):
+    rc = main(["train", "--config", str(SMOKE), "--model.vocab_size=8000"])
+    assert rc == 2
+    assert "too large for data.source='synthetic'" in capsys.readouterr().err

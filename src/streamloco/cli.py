@@ -36,7 +36,7 @@ def cmd_simulate(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
-    from streamloco.launcher.driver import TrainingFailed, train
+    from streamloco.launcher.driver import Fault, TrainingFailed, train
     from streamloco.results import summarize
 
     if args.resume is not None:
@@ -53,7 +53,13 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     m, k = cfg.train.groups, cfg.cluster.ranks_per_group
     print(f"streamloco train: {m} groups x {k} ranks on Ray, run dir {run_dir}", flush=True)
     try:
-        result = train(cfg, run_dir, resume=args.resume is not None, progress=not args.no_progress)
+        result = train(
+            cfg,
+            run_dir,
+            resume=args.resume is not None,
+            progress=not args.no_progress,
+            faults=[Fault.parse(f) for f in args.inject],
+        )
     except TrainingFailed as e:
         print(f"streamloco: training failed: {e}", file=sys.stderr)
         print(
@@ -170,6 +176,13 @@ def build_parser() -> argparse.ArgumentParser:
         "train M worker groups of K Ray actors each (joins RAY_ADDRESS or starts a local Ray)",
     )
     p.add_argument("--resume", type=Path, default=None, metavar="RUN_DIR", help="continue a run")
+    p.add_argument(
+        "--inject",
+        action="append",
+        default=[],
+        metavar="KIND:GROUP@STEP[=VALUE]",
+        help="fault drill: kill, delay (s per step), nan or corrupt a group (repeatable)",
+    )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p = add("config", cmd_config, "print the resolved config as TOML")
     p.add_argument("--explain", action="store_true", help="list every key with its doc")

@@ -105,6 +105,13 @@ class TrainConfig:
         "auto", "autocast dtype of the forward pass (auto: bf16 on cuda, fp32 on cpu)"
     )
     compile: bool = _f(False, "torch.compile the model (GPU runs; slow to start on CPU)")
+    min_groups: int = _f(
+        1, "`train`: rounds go on with at least this many groups; fewer alive stops the run"
+    )
+    replace_failed: bool = _f(
+        True, "`train`: start a replacement for a dead group; it recovers live from a peer"
+    )
+    max_replacements: int = _f(8, "`train`: give up after this many group replacements")
 
 
 @dataclass
@@ -150,6 +157,11 @@ class TransportConfig:
     bandwidth_mbps: float = _f(0.0, "simulated link bandwidth per group in Mbit/s (0 = unlimited)")
     latency_ms: float = _f(0.0, "simulated one-way link latency in milliseconds")
     timeout_s: float = _f(600.0, "give up waiting for a round's payloads after this many seconds")
+    round_deadline_s: float = _f(
+        0.0,
+        "`train`: close a round this long after its first payload if train.min_groups are in "
+        "(stragglers apply it late, without their payload); 0 = wait for every live group",
+    )
 
 
 @dataclass
@@ -365,12 +377,6 @@ def validate(cfg: Config) -> None:
     )
     _check(tk.max_chars >= 10_000, "tokenizer.max_chars", "must be >= 10000")
     _check(cfg.data.branching <= m.vocab_size, "data.branching", "must be <= model.vocab_size")
-    _check(
-        cfg.data.source != "synthetic" or m.vocab_size <= 512,
-        "model.vocab_size",
-        f"{m.vocab_size} is too large for data.source='synthetic' (its order-2 table holds "
-        "vocab^3 numbers; at most 512), use token shards for larger vocabularies",
-    )
     for key, value in [
         ("train.steps", t.steps),
         ("train.batch_size", t.batch_size),
@@ -441,6 +447,13 @@ def validate(cfg: Config) -> None:
     _check(tr.bandwidth_mbps >= 0, "transport.bandwidth_mbps", "must be >= 0 (0 = unlimited)")
     _check(tr.latency_ms >= 0, "transport.latency_ms", "must be >= 0")
     _check(tr.timeout_s > 0, "transport.timeout_s", "must be > 0")
+    _check(tr.round_deadline_s >= 0, "transport.round_deadline_s", "must be >= 0 (0 = none)")
+    _check(
+        1 <= t.min_groups <= t.groups,
+        "train.min_groups",
+        f"must be in [1, train.groups={t.groups}], got {t.min_groups}",
+    )
+    _check(t.max_replacements >= 0, "train.max_replacements", "must be >= 0")
     _check(
         bool(cfg.run.name) and "/" not in cfg.run.name and cfg.run.name not in (".", ".."),
         "run.name",

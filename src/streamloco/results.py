@@ -19,6 +19,7 @@ class GroupResult:
     blocked_s: float = 0.0
     quant_rel_error: list[float] = field(default_factory=list)
     global_state: dict[str, torch.Tensor] = field(default_factory=dict)
+    faults: dict[str, int] = field(default_factory=dict)  # see Trainer.faults
 
 
 @dataclass
@@ -29,7 +30,10 @@ class RunResult:
     eval_by_lang: dict[str, float]  # final eval loss per language
     nll_floor: float | None  # the synthetic language's true NLL on the eval batches
     wall_s: float
-    tokens: int  # tokens processed by all groups together
+    tokens: int
+    recoveries: list[tuple[int, int]] = field(
+        default_factory=list
+    )  # (group, bytes received)  # tokens processed by all groups together
 
     @property
     def final_eval_loss(self) -> float:
@@ -87,6 +91,20 @@ def summarize(cfg: Config, result: RunResult) -> str:
             )
         )
     lines.append(f"global parameters identical on all groups: {result.globals_identical()}")
+    faults = {g: {k: v for k, v in res.faults.items() if v} for g, res in enumerate(result.groups)}
+    for g, nbytes in result.recoveries:
+        lines.append(f"group {g} was replaced and recovered live from a peer ({human(nbytes)})")
+    if any(faults.values()):
+        lines.append(
+            "faults: "
+            + "; ".join(
+                f"group {g}: " + ", ".join(f"{k} {v}" for k, v in f.items())
+                for g, f in faults.items()
+                if f
+            )
+            + " (excluded = payloads left out of rounds, adopted = rounds without this group's "
+            "payload, resets = whole-model resets to the global parameters)"
+        )
     for g, res in enumerate(result.groups):
         moved = res.bytes_sent + res.bytes_received
         lines.append(
@@ -110,13 +128,17 @@ class Collector:
     sums). Thread-safe, so simulated groups in threads can share one.
     """
 
-    def __init__(self, cfg: Config, sink, params: int, nll_floor: float | None = None) -> None:
+    def __init__(
+        self, cfg: Config, sink, params: int, nll_floor: float | None = None, say=print
+    ) -> None:
         self.cfg, self.sink, self.params, self.nll_floor = cfg, sink, params, nll_floor
+        self.say = say  # where fault messages go (the console, above the progress bar)
         self.groups = [GroupResult() for _ in range(cfg.train.groups)]
         self.eval_history: list[tuple[int, float]] = []
         self.eval_by_lang: dict[str, float] = {}
         self.steps = [0] * cfg.train.groups
         self.tokens = 0  # processed by this run (a resumed run counts from its checkpoint)
+        self.recoveries: list[tuple[int, int]] = []
         self._lock = threading.Lock()
 
     def add(self, rep) -> None:
@@ -134,6 +156,9 @@ class Collector:
                     res.quant_rel_error.append(value)
             res.bytes_sent, res.bytes_received = rep.bytes_sent, rep.bytes_received
             res.blocked_s = rep.blocked_s
+            res.faults = dict(rep.faults)
+            for line in rep.messages:
+                self.say(f"streamloco: {line}")
             self.steps[rep.group] = rep.step
             self.tokens += rep.tokens
             for step, by_lang in rep.evals:
@@ -150,6 +175,10 @@ class Collector:
         if moved:
             self.sink.scalar("comm/ratio_vs_ddp_bf16", ddp / moved, step)
 
+    def recovered(self, group: int, nbytes: int) -> None:
+        with self._lock:
+            self.recoveries.append((group, nbytes))
+
     def finish(self, wall_s: float) -> RunResult:
         return RunResult(
             params=self.params,
@@ -159,4 +188,5 @@ class Collector:
             nll_floor=self.nll_floor,
             wall_s=wall_s,
             tokens=self.tokens,
+            recoveries=list(self.recoveries),
         )

@@ -92,6 +92,15 @@ class RankActor:
     def load_state_dict(self, step: int, group, engine, rank) -> None:
         self.trainer.load_state_dict(step, group, engine, rank)
 
+    def inject(self, kind: str, value: float = 0.0) -> None:
+        self.trainer.inject(kind, value)
+
+    def recovery_state(self):
+        return self.trainer.recovery_state()
+
+    def recover(self, state) -> int:
+        return self.trainer.recover(state)
+
     def next_sync(self) -> tuple[int, int]:
         return self.trainer.next_sync()
 

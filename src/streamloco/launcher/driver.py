@@ -41,6 +41,33 @@ class TrainingFailed(RuntimeError):
     """A worker failed or stalled mid-run; the last checkpoint is intact."""
 
 
+@dataclass(frozen=True)
+class Fault:
+    """A fault drill: at the first report of `group` at or after `step`, do `kind` to it.
+
+    kill: kill the group's rank 0 actor (the group dies); delay: every rank sleeps `value` s per
+    inner step from then on (a straggler); nan: NaN into every rank's weights; corrupt: rank 0's
+    next payload gets a flipped byte. Parsed from `--inject KIND:GROUP@STEP[=VALUE]`.
+    """
+
+    kind: str
+    group: int
+    step: int
+    value: float = 0.0
+
+    @classmethod
+    def parse(cls, text: str) -> Fault:
+        import re
+
+        m = re.fullmatch(r"(kill|delay|nan|corrupt):(\d+)@(\d+)(?:=([0-9.]+))?", text)
+        if not m:
+            raise ValueError(
+                f"--inject {text!r}: expected KIND:GROUP@STEP[=VALUE], KIND one of kill, delay, "
+                "nan, corrupt (e.g. kill:1@60, delay:2@0=0.05)"
+            )
+        return cls(m[1], int(m[2]), int(m[3]), float(m[4] or 0.0))
+
+
 @dataclass
 class Plan:
     """When chunks end and checkpoints are taken."""
@@ -48,6 +75,7 @@ class Plan:
     steps: int
     log_every: int
     checkpoints: list[int]
+    schedule: Schedule
 
     @classmethod
     def build(cls, cfg: Config, start: int) -> Plan:
@@ -60,16 +88,23 @@ class Plan:
                 step = next(s for s in range(want, t.steps + 1) if sched.idle_after(s))
                 points.add(step)
         points.add(t.steps)  # the end: finish() has applied everything
-        return cls(t.steps, t.log_every, sorted(p for p in points if p > start))
+        return cls(t.steps, t.log_every, sorted(p for p in points if p > start), sched)
 
     def next_stop(self, step: int) -> int:
-        """The end of the chunk that starts after `step`."""
-        nxt = min(step + self.log_every, self.steps)
-        return min([nxt, *(c for c in self.checkpoints if c > step)])
+        """The end of the chunk that starts after `step`: at least log_every steps on (or the
+        next checkpoint), moved to a step with no fragment in flight, where a replacement group
+        can take over a peer's state."""
+        nxt = min([step + self.log_every, self.steps, *(c for c in self.checkpoints if c > step)])
+        while nxt < self.steps and not self.schedule.idle_after(nxt):
+            nxt += 1
+        return nxt
 
 
 def preflight(cfg: Config, run_dir: Path, resume: bool) -> None:
     """Fail before any actor starts: data, tokenizer and run directory."""
+    from streamloco.workers.data_source import check_synthetic
+
+    check_synthetic(cfg)
     if cfg.data.source == "shards":
         from streamloco.data_pipeline.manifest import load_manifest
 
@@ -109,19 +144,24 @@ class _Groups:
         self.coordinator = None
         self.pgs: list = []
         self.actors: list[list] = []
+        self.generation: list[int] = []  # bumped when a group is replaced
 
     def start(self, cfg: Config, run_id: str) -> None:
         """Reserve, start and connect everything; on failure `close` frees what was started."""
         import ray
         from ray.util.placement_group import placement_group
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-        from streamloco.launcher.actors import RemoteRankActor
         from streamloco.launcher.ray_transport import create_coordinator
 
         cl, m, k = cfg.cluster, cfg.train.groups, cfg.cluster.ranks_per_group
+        self.cfg, self.run_id = cfg, run_id
         bundle = {"CPU": cl.cpus_per_rank} | ({"GPU": cl.gpus_per_rank} if cl.gpus_per_rank else {})
-        self.coordinator = create_coordinator(f"streamloco-{run_id}", m)
+        self.coordinator = create_coordinator(
+            f"streamloco-{run_id}",
+            m,
+            deadline_s=cfg.transport.round_deadline_s or None,
+            min_groups=cfg.train.min_groups,
+        )
         self.pgs = [placement_group([bundle] * k, strategy=cl.placement) for _ in range(m)]
         ready = [pg.ready() for pg in self.pgs]
         done, _ = ray.wait(ready, num_returns=len(ready), timeout=cl.start_timeout_s)
@@ -132,34 +172,46 @@ class _Groups:
                 f"{ray.cluster_resources()} in all, {ray.available_resources()} free "
                 "(lower cluster.cpus_per_rank / train.groups, or add nodes)"
             )
-        cfg_dict = cfg.to_dict()
-        for g, pg in enumerate(self.pgs):
-            self.actors.append(
-                [
-                    RemoteRankActor.options(
-                        num_cpus=cl.cpus_per_rank,
-                        num_gpus=cl.gpus_per_rank,
-                        scheduling_strategy=PlacementGroupSchedulingStrategy(
-                            pg, placement_group_bundle_index=r
-                        ),
-                        name=f"streamloco-{run_id}-g{g}r{r}",
-                    ).remote(cfg_dict, g, r, self.coordinator)
-                    for r in range(k)
-                ]
-            )
-        # Rendezvous: rank 0 of each group listens on a free port; the others connect to it.
-        hosts, ports = [None] * m, [None] * m
+        self.actors = [[] for _ in range(m)]
+        self.generation = [0] * m
+        setups = [ref for g in range(m) for ref in self._launch(g)]
+        ray.get(setups)
+
+    def _launch(self, g: int) -> list:
+        """Start group g's K actors in its placement group; returns their setup futures."""
+        import ray
+        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+        from streamloco.launcher.actors import RemoteRankActor
+
+        cl, k = self.cfg.cluster, self.cfg.cluster.ranks_per_group
+        gen = self.generation[g]
+        self.actors[g] = [
+            RemoteRankActor.options(
+                num_cpus=cl.cpus_per_rank,
+                num_gpus=cl.gpus_per_rank,
+                scheduling_strategy=PlacementGroupSchedulingStrategy(
+                    self.pgs[g], placement_group_bundle_index=r
+                ),
+                name=f"streamloco-{self.run_id}-g{g}r{r}" + (f"-{gen}" if gen else ""),
+            ).remote(self.cfg.to_dict(), g, r, self.coordinator)
+            for r in range(k)
+        ]
+        # Rendezvous: rank 0 listens on a free port; the other ranks connect to it.
+        host = port = None
         if k > 1:
-            hosts = ray.get([grp[0].where.remote() for grp in self.actors])
-            hosts = [h["node"] for h in hosts]
-            ports = ray.get([grp[0].open_store.remote() for grp in self.actors])
-        ray.get(
-            [
-                actor.setup.remote(hosts[g], ports[g])
-                for g, grp in enumerate(self.actors)
-                for actor in grp
-            ]
-        )
+            host = ray.get(self.actors[g][0].where.remote())["node"]
+            port = ray.get(self.actors[g][0].open_store.remote())
+        return [actor.setup.remote(host, port) for actor in self.actors[g]]
+
+    def replace(self, g: int) -> list:
+        """Kill what is left of group g and start new actors (same reserved slots)."""
+        import ray
+
+        for actor in self.actors[g]:
+            ray.kill(actor)
+        self.generation[g] += 1
+        return self._launch(g)
 
     def all(self):
         return [a for grp in self.actors for a in grp]
@@ -186,11 +238,21 @@ def _connect() -> bool:
     return True
 
 
-def train(cfg: Config, run_dir: Path, *, resume: bool = False, progress: bool = True) -> RunResult:
+def train(
+    cfg: Config,
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    progress: bool = True,
+    faults: list[Fault] | tuple[Fault, ...] = (),
+) -> RunResult:
     """Run (or continue) the training described by `cfg`; writes into `run_dir`."""
     import ray
 
     preflight(cfg, run_dir, resume)
+    for f in faults:
+        if not 0 <= f.group < cfg.train.groups:
+            raise LaunchError(f"--inject: group {f.group} outside [0, {cfg.train.groups})")
     state = None
     if resume:
         found = load_latest(run_dir / "checkpoints")
@@ -228,7 +290,10 @@ def train(cfg: Config, run_dir: Path, *, resume: bool = False, progress: bool = 
             floor = build_data_source(cfg).nll_floor
         collector = Collector(cfg, sink, param_count(args), floor)
         t0 = time.perf_counter()
-        _drive(cfg, groups, Plan.build(cfg, start), start, collector, run_dir, progress)
+        plan = Plan.build(cfg, start)
+        driver = _Driver(cfg, groups, plan, start, collector, sink, run_dir, progress)
+        driver.drills = list(faults)
+        driver.run()
         result = collector.finish(time.perf_counter() - t0)
         for g, grp in enumerate(groups.actors):
             result.groups[g].global_state = ray.get(grp[0].global_state.remote())
@@ -283,67 +348,167 @@ def _hparams(cfg: Config) -> dict:
     return {f"{s}.{k}": d[s][k] for s, ks in keys.items() for k in ks}
 
 
-def _drive(
-    cfg: Config,
-    groups: _Groups,
-    plan: Plan,
-    start: int,
-    collector: Collector,
-    run_dir: Path,
-    progress: bool,
-) -> None:
-    """Queue chunks per group as reports come back; write checkpoints when all parts are in."""
-    import ray
-    from ray.exceptions import RayError
+class _Driver:
+    """Queues chunks per group as reports come back, writes checkpoints when all parts are in,
+    and replaces a group that died (live recovery from a healthy peer)."""
 
-    m, k = cfg.train.groups, cfg.cluster.ranks_per_group
-    pending: dict = {}  # ObjectRef -> (kind, group, rank, step)
-    queued = [start] * m  # the step each group's last queued chunk ends at
-    parts: dict[int, dict[tuple[int, int], dict]] = {}  # checkpoint step -> parts
-    bar = _Progress(cfg, start) if progress else None
+    def __init__(self, cfg, groups, plan, start, collector, sink, run_dir, progress) -> None:
+        self.cfg, self.groups, self.plan, self.collector = cfg, groups, plan, collector
+        self.sink, self.run_dir = sink, run_dir
+        m = cfg.train.groups
+        self.pending: dict = {}  # ObjectRef -> (kind, group, rank, step, generation)
+        self.queued = [start] * m  # the step each group's last queued chunk ends at
+        self.alive = set(range(m))
+        self.parts: dict[int, dict[tuple[int, int], dict]] = {}  # checkpoint step -> parts
+        self.replacements = 0
+        self.recovering: dict[int, float] = {}  # group -> time its death was noticed
+        self.drills: list[Fault] = []
+        self.bar = _Progress(cfg, start) if progress else None
+        if self.bar is not None:
+            collector.say = self.bar.note
 
-    def queue(g: int) -> None:
-        stop = plan.next_stop(queued[g])
-        for r, actor in enumerate(groups.actors[g]):
-            pending[actor.train.remote(stop)] = ("train", g, r, stop)
-            if stop in plan.checkpoints:
-                pending[actor.state_dict.remote()] = ("state", g, r, stop)
-        queued[g] = stop
+    def say(self, text: str) -> None:
+        (self.bar.note if self.bar is not None else print)(f"streamloco: {text}")
 
-    for g in range(m):  # two chunks in the queue, so an actor never idles waiting for us
-        for _ in range(2):
-            if queued[g] < plan.steps:
-                queue(g)
-    stall = cfg.transport.timeout_s + 120.0
-    while pending:
-        ready, _ = ray.wait(list(pending), num_returns=1, timeout=stall)
-        if not ready:
+    def queue(self, g: int) -> None:
+        stop = self.plan.next_stop(self.queued[g])
+        gen = self.groups.generation[g]
+        for r, actor in enumerate(self.groups.actors[g]):
+            self.pending[actor.train.remote(stop)] = ("train", g, r, stop, gen)
+            if stop in self.plan.checkpoints:
+                self.pending[actor.state_dict.remote()] = ("state", g, r, stop, gen)
+        self.queued[g] = stop
+
+    def run(self) -> None:
+        import ray
+        from ray.exceptions import RayError
+
+        for g in range(self.cfg.train.groups):  # two chunks queued: an actor never idles
+            for _ in range(2):
+                if self.queued[g] < self.plan.steps:
+                    self.queue(g)
+        stall = self.cfg.transport.timeout_s + 120.0
+        while self.pending:
+            ready, _ = ray.wait(list(self.pending), num_returns=1, timeout=stall)
+            if not ready:
+                waiting = sorted({(v[0], v[1]) for v in self.pending.values()})
+                raise TrainingFailed(
+                    f"no worker reported for {stall:.0f}s (transport.timeout_s + 120 s); "
+                    f"waiting on {waiting}"
+                )
+            ref = ready[0]
+            kind, g, r, step, gen = self.pending.pop(ref)
+            if gen != self.groups.generation[g]:
+                continue  # from a group that has been replaced since
+            try:
+                value = ray.get(ref)
+            except RayError as e:
+                self.failed(g, r, step, e)
+                continue
+            if kind == "train":
+                self.on_report(value, g, r)
+            elif kind == "state":
+                self.on_state(value, g, r, step)
+            elif kind == "recovered" and r == 0:
+                self.on_recovered(g, value)
+        if self.bar is not None:
+            self.bar.close()
+
+    def on_report(self, rep, g: int, r: int) -> None:
+        self.collector.add(rep)
+        if r != 0:
+            return
+        if g in self.recovering:
+            took = time.monotonic() - self.recovering.pop(g)
+            self.sink.scalar("faults/recovery_s", took, rep.step)
+            self.say(f"group {g} is training again, {took:.1f}s after it was lost")
+        if self.bar is not None:
+            self.bar.update(rep, self.collector)
+        for fault in [f for f in self.drills if f.group == g and rep.step >= f.step]:
+            self.drills.remove(fault)
+            self.inject(fault, rep.step)
+        if self.queued[g] < self.plan.steps and g in self.alive:
+            self.queue(g)
+
+    def inject(self, fault: Fault, step: int) -> None:
+        import ray
+
+        self.say(f"drill: {fault.kind} group {fault.group} after step {step}")
+        actors = self.groups.actors[fault.group]
+        if fault.kind == "kill":
+            ray.kill(actors[0])
+            return
+        for actor in actors if fault.kind in ("delay", "nan") else actors[:1]:
+            actor.inject.remote(fault.kind, fault.value)
+
+    def on_state(self, value: dict, g: int, r: int, step: int) -> None:
+        parts = self.parts.setdefault(step, {})
+        parts[(g, r)] = value
+        if len(parts) == self.cfg.train.groups * self.cfg.cluster.ranks_per_group:
+            _write_checkpoint(self.cfg, self.run_dir, step, self.parts.pop(step))
+            if self.bar is not None:
+                self.bar.note(f"checkpoint at step {step}")
+
+    def failed(self, g: int, r: int, step: int, error: Exception) -> None:
+        """Group g lost a rank: go on without it, and start a replacement if allowed."""
+        import ray
+
+        t = self.cfg.train
+        self.alive.discard(g)
+        ray.get(self.groups.coordinator.leave.remote(g))
+        self.say(f"group {g} rank {r} failed at step <= {step}: {_first_line(error)}")
+        self.sink.scalar("faults/groups_alive", len(self.alive), min(self.collector.steps))
+        for dead in [s for s, parts in self.parts.items() if any(k[0] == g for k in parts)]:
+            self.parts.pop(dead)
+            self.say(f"checkpoint at step {dead} skipped: group {g} failed while writing it")
+        if len(self.alive) < t.min_groups or not self.alive:
+            ray.get(self.groups.coordinator.abort.remote(f"group {g} rank {r} failed"))
             raise TrainingFailed(
-                f"no worker reported for {stall:.0f}s (transport.timeout_s + 120 s); "
-                f"waiting on {sorted({(v[0], v[1]) for v in pending.values()})}"
+                f"group {g} rank {r} failed at step <= {step}: {_first_line(error)} "
+                f"({len(self.alive)} groups left, train.min_groups={t.min_groups})"
             )
-        ref = ready[0]
-        kind, g, r, step = pending.pop(ref)
-        try:
-            value = ray.get(ref)
-        except RayError as e:
-            ray.get(groups.coordinator.abort.remote(f"group {g} rank {r} failed"))
-            raise TrainingFailed(f"group {g} rank {r} failed at step <= {step}: {e}") from None
-        if kind == "train":
-            collector.add(value)
-            if r == 0:
-                if bar is not None:
-                    bar.update(value, collector)
-                if queued[g] < plan.steps:
-                    queue(g)
-            continue
-        parts.setdefault(step, {})[(g, r)] = value
-        if len(parts[step]) == m * k:
-            _write_checkpoint(cfg, run_dir, step, parts.pop(step))
-            if bar is not None:
-                bar.note(f"checkpoint at step {step}")
-    if bar is not None:
-        bar.close()
+        if not t.replace_failed or self.replacements >= t.max_replacements:
+            self.say(f"group {g} is not replaced; {len(self.alive)} groups go on")
+            return
+        self.replacements += 1
+        self.recovering[g] = time.monotonic()
+        # The replacement joins at the end of the next chunk of the most advanced survivor: no
+        # survivor is past that step yet, so no round after it can close without the newcomer.
+        peer = max(self.alive, key=lambda h: self.queued[h])
+        join = self.plan.next_stop(self.queued[peer])
+        while self.queued[peer] < join:
+            self.queue(peer)
+        ray.get(self.groups.coordinator.join.remote(g, join))
+        states = [a.recovery_state.remote() for a in self.groups.actors[peer]]
+        setups = self.groups.replace(g)
+        gen = self.groups.generation[g]
+        for r2, (actor, setup) in enumerate(zip(self.groups.actors[g], setups, strict=True)):
+            # Actor calls run in order: setup, then recover from the peer's state, passed as a
+            # reference, so it moves from the peer to the newcomer without touching the driver.
+            self.pending[setup] = ("setup", g, r2, join, gen)
+            self.pending[actor.recover.remote(states[0])] = ("recovered", g, r2, join, gen)
+        self.queued[g] = join
+        self.say(
+            f"starting a replacement for group {g}: it recovers from group {peer} at step {join}"
+        )
+
+    def on_recovered(self, g: int, nbytes: int) -> None:
+        self.alive.add(g)
+        self.sink.scalar("faults/recoveries", self.replacements, self.queued[g])
+        self.sink.scalar("faults/recovery_bytes", nbytes, self.queued[g])
+        self.sink.scalar("faults/groups_alive", len(self.alive), self.queued[g])
+        self.collector.recovered(g, nbytes)
+        if self.queued[g] < self.plan.steps and not any(
+            v[1] == g and v[0] == "train" for v in self.pending.values()
+        ):
+            for _ in range(2):
+                if self.queued[g] < self.plan.steps:
+                    self.queue(g)
+
+
+def _first_line(error: Exception) -> str:
+    lines = [ln for ln in str(error).splitlines() if ln.strip()]
+    return lines[-1] if lines else type(error).__name__
 
 
 def _write_checkpoint(cfg: Config, run_dir: Path, step: int, parts: dict) -> Path:

@@ -58,17 +58,37 @@ class _Round:
     entries: dict[int, Entry] = field(default_factory=dict)
     complete: asyncio.Event = field(default_factory=asyncio.Event)
     collected: set[int] = field(default_factory=set)
+    closed: bool = False
+    deadline_passed: bool = False
+    must_collect: set[int] = field(default_factory=set)  # set when the round closes
 
 
 class Coordinator:
     """The rounds of one run. Plain asyncio code; `create_coordinator` runs it as a Ray actor.
 
-    Methods return error strings or (status, value) results instead of raising, so the caller
-    turns them into `TransportError`s with its own context.
+    Membership: a round (rank, fragment, send step) waits for every *member* group, a group being
+    a member of the rounds sent after the step it joined at. `leave(g)` (the driver saw group g
+    die) stops rounds from waiting for it; `join(g, step)` (its replacement) makes rounds after
+    `step` wait for it again. With a deadline, a round also closes `deadline_s` after its first
+    payload if at least `min_groups` have handed theirs in: a straggler does not hold the others.
+
+    A round's result (its participants' payloads) stays available until every member, late ones
+    included, has collected it: a late group gets the same payloads, without its own, applies the
+    same outer step and so keeps bit-identical global parameters (its engine adopts the global
+    fragment since its own contribution is missing).
+
+    Methods return statuses instead of raising, so the caller turns them into `TransportError`s
+    with its own context.
     """
 
-    def __init__(self, num_groups: int) -> None:
+    def __init__(
+        self, num_groups: int, deadline_s: float | None = None, min_groups: int = 1
+    ) -> None:
         self.num_groups = num_groups
+        self.deadline_s = deadline_s or None
+        self.min_groups = max(1, min_groups)
+        self.members: dict[int, int] = dict.fromkeys(range(num_groups), 0)  # group -> since
+        self.late: dict[int, int] = {}  # group -> payloads that arrived after their round closed
         self._rounds: dict[RoundKey, _Round] = {}
         self._aborted: str | None = None
 
@@ -76,6 +96,25 @@ class Coordinator:
         # A collect may run before its own submit (an async actor does not order calls), so
         # whichever comes first opens the round.
         return self._rounds.setdefault((rank, *key), _Round())
+
+    def _expected(self, key: Key) -> set[int]:
+        return {g for g, since in self.members.items() if key[1] > since}
+
+    def _maybe_close(self, rk: RoundKey, rnd: _Round) -> None:
+        if rnd.closed or not rnd.entries:
+            return
+        expected = self._expected(rk[1:])
+        everyone = expected <= set(rnd.entries)
+        enough = rnd.deadline_passed and len(rnd.entries) >= self.min_groups
+        if everyone or enough:
+            rnd.closed = True
+            rnd.must_collect = expected | set(rnd.entries)
+            rnd.complete.set()
+
+    async def _deadline(self, rk: RoundKey, rnd: _Round) -> None:
+        await asyncio.sleep(self.deadline_s)
+        rnd.deadline_passed = True
+        self._maybe_close(rk, rnd)
 
     async def submit(
         self,
@@ -86,40 +125,68 @@ class Coordinator:
         nbytes: int,
         upload_done: float,
     ) -> str | None:
-        """Hand in `group`'s payload reference (inside a one-element list); None or an error."""
+        """Hand in `group`'s payload reference (inside a one-element list).
+
+        None when accepted, "late" when the round had already closed (the payload is dropped;
+        the group still collects the round's result), otherwise an error.
+        """
         if self._aborted is not None:
             return f"coordinator aborted: {self._aborted}"
+        rk = (rank, *key)
         rnd = self._round(rank, key)
         if group in rnd.entries:
             return f"group {group} sent twice for round {key} (rank {rank})"
+        if rnd.closed:
+            self.late[group] = self.late.get(group, 0) + 1
+            rnd.must_collect.add(group)
+            return "late"
+        first = not rnd.entries
         rnd.entries[group] = (payload_ref, nbytes, upload_done)
-        if len(rnd.entries) == self.num_groups:
-            rnd.complete.set()
+        if first and self.deadline_s is not None:
+            asyncio.get_running_loop().create_task(self._deadline(rk, rnd))
+        self._maybe_close(rk, rnd)
         return None
 
     async def collect(
         self, group: int, rank: int, key: Key, timeout_s: float | None
     ) -> tuple[str, Any]:
-        """Wait until every group has submitted: ("ok", {group: entry} sorted by group),
+        """Wait until the round closes: ("ok", {group: entry} of its participants, sorted),
         ("missing", [groups]) after `timeout_s`, or ("aborted", reason)."""
         if self._aborted is not None:
             return "aborted", self._aborted
+        rk = (rank, *key)
         rnd = self._round(rank, key)
         try:
             await asyncio.wait_for(rnd.complete.wait(), timeout_s)
         except TimeoutError:
-            return "missing", self._missing(rnd)
+            return "missing", self._missing(rk, rnd)
         if self._aborted is not None:
             return "aborted", self._aborted
         rnd.collected.add(group)
-        if len(rnd.collected) == self.num_groups:
-            del self._rounds[(rank, *key)]
+        self._forget_if_done(rk, rnd)
         return "ok", dict(sorted(rnd.entries.items()))
 
+    def _forget_if_done(self, rk: RoundKey, rnd: _Round) -> None:
+        if rnd.closed and rnd.must_collect <= rnd.collected and self._rounds.get(rk) is rnd:
+            del self._rounds[rk]
+
+    async def leave(self, group: int) -> None:
+        """Group `group` is gone: no round waits for it or for its collect any more."""
+        self.members.pop(group, None)
+        for rk, rnd in list(self._rounds.items()):
+            rnd.must_collect.discard(group)
+            self._maybe_close(rk, rnd)
+            self._forget_if_done(rk, rnd)
+
+    async def join(self, group: int, since_step: int) -> None:
+        """Group `group` takes part in every round sent after `since_step`."""
+        self.members[group] = since_step
+
     async def missing(self, rank: int, key: Key) -> list[int] | None:
-        """Groups that have not submitted for the round; None if the round is not open."""
-        rnd = self._rounds.get((rank, *key))
-        return None if rnd is None else self._missing(rnd)
+        """Member groups that have not submitted for the round; None if it is not open."""
+        rk = (rank, *key)
+        rnd = self._rounds.get(rk)
+        return None if rnd is None else self._missing(rk, rnd)
 
     async def abort(self, reason: str) -> None:
         """Fail every pending and future collect with `reason`."""
@@ -131,21 +198,30 @@ class Coordinator:
     async def rounds_open(self) -> int:
         return len(self._rounds)
 
-    def _missing(self, rnd: _Round) -> list[int]:
-        return sorted(set(range(self.num_groups)) - set(rnd.entries))
+    async def status(self) -> dict[str, Any]:
+        return {"members": dict(self.members), "late": dict(self.late), "rounds": len(self._rounds)}
+
+    def _missing(self, rk: RoundKey, rnd: _Round) -> list[int]:
+        return sorted(self._expected(rk[1:]) - set(rnd.entries))
 
 
 _CoordinatorActor = ray.remote(num_cpus=0)(Coordinator)
 
 
-def create_coordinator(name: str, num_groups: int, namespace: str | None = None):
+def create_coordinator(
+    name: str,
+    num_groups: int,
+    namespace: str | None = None,
+    deadline_s: float | None = None,
+    min_groups: int = 1,
+):
     """Start the named coordinator actor for `num_groups` groups; returns its handle once it
     answers, so that the first round's timeouts do not include the actor's start (~1 s)."""
     if num_groups < 1:
         raise ValueError(f"coordinator: num_groups must be >= 1, got {num_groups}")
     handle = _CoordinatorActor.options(
         name=name, namespace=namespace, max_concurrency=MAX_CONCURRENCY
-    ).remote(num_groups)
+    ).remote(num_groups, deadline_s, min_groups)
     ray.get(handle.rounds_open.remote())
     return handle
 
@@ -188,7 +264,9 @@ class RayHandle(Handle):
         where = f"round {self._key} (rank {t.rank}, group {t.group})"
         try:
             error = ray.get(self._submitted, timeout=timeout)
-            if error is not None:
+            if error == "late":  # the round closed without us: we still apply its result
+                t.stats.late += 1
+            elif error is not None:
                 raise TransportError(f"{where}: {error}")
             status, value = ray.get(self._collected, timeout=timeout)
         except GetTimeoutError:
@@ -206,19 +284,29 @@ class RayHandle(Handle):
                 f"waiting for groups {value}"
             )
         others = [g for g in value if g != t.group]
-        try:
-            fetched = ray.get([value[g][0][0] for g in others], timeout=timeout)
-        except RayError as e:  # a timeout, or the payload's owner (that group's worker) died
-            raise TransportError(f"{where}: could not fetch the payloads of {others}: {e}") from e
+        fetched = [self._fetch(value[g][0][0], g, timeout, where) for g in others]
         received = sum(len(b) for b in fetched)
         landed = max(upload_done for _, _, upload_done in value.values())
         self.ready_at = t.clock.download(landed, received)
         sleep_until(self.ready_at, time.time)
         t.stats.bytes_received += received
         t.pending.discard(self._key)
-        result = dict(zip(others, (bytes(b) for b in fetched), strict=True))
-        result[t.group] = self._payload
+        result = dict(zip(others, fetched, strict=True))
+        if t.group in value:  # not when the round closed before our payload arrived
+            result[t.group] = self._payload
         return dict(sorted(result.items()))
+
+    @staticmethod
+    def _fetch(ref, group: int, timeout: float | None, where: str) -> bytes:
+        try:
+            return bytes(ray.get(ref, timeout=timeout))
+        except GetTimeoutError as e:
+            raise TransportError(f"{where}: timed out fetching group {group}'s payload") from e
+        except RayError:
+            # Its owner (that group's worker) died after handing it in: the payload is gone for
+            # everyone who had not fetched it yet. An empty payload makes the engine leave the
+            # group out, like every other group that could not fetch it.
+            return b""
 
 
 class RayTransport(Transport):

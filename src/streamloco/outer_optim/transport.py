@@ -37,6 +37,7 @@ class TransportStats:
     bytes_sent: int = 0
     bytes_received: int = 0
     exchanges: int = 0
+    late: int = 0  # own payloads that arrived after their round had closed without them
 
 
 class Handle(ABC):

@@ -64,7 +64,20 @@ def build_data_source(cfg: Config) -> DataSource:
     return _synthetic_source(cfg)
 
 
+MAX_SYNTHETIC_VOCAB = 512  # the order-2 table holds vocab^3 numbers (0.5 GB at 512)
+
+
+def check_synthetic(cfg: Config) -> None:
+    if cfg.data.source == "synthetic" and cfg.model.vocab_size > MAX_SYNTHETIC_VOCAB:
+        raise ValueError(
+            f"model.vocab_size: {cfg.model.vocab_size} is too large for data.source='synthetic' "
+            f"(its order-2 table holds vocab^3 numbers; at most {MAX_SYNTHETIC_VOCAB}); use "
+            "token shards for larger vocabularies"
+        )
+
+
 def _synthetic_source(cfg: Config) -> DataSource:
+    check_synthetic(cfg)
     t, seq = cfg.train, cfg.model.seq_len
     lang = MarkovLanguage(cfg.model.vocab_size, cfg.data.branching, seed=t.seed)
     held_out = SyntheticStream(lang, t.batch_size, seq, t.seed, EVAL_STREAM)

@@ -61,6 +61,8 @@ class Report:
     loss: float = math.nan  # group mean training loss of the last step
     evals: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (step, per lang)
     done: bool = False  # the last step ran and every exchange has landed
+    messages: list[str] = field(default_factory=list)  # faults worth a console line
+    faults: dict[str, int] = field(default_factory=dict)  # cumulative counters of this group
 
 
 def build_model(cfg: Config, device: torch.device | str = "cpu") -> Transformer:
@@ -149,6 +151,10 @@ class Trainer:
         name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else ""
         self.peak = peak_flops(name)
         self._sent_at: dict[int, int] = {}  # fragment -> own payload bytes of its open round
+        # cumulative: payloads left out of rounds (any group's), rounds where this group's own
+        # payload was not in the mean, whole-model resets after non-finite values
+        self.faults = {"excluded": 0, "adopted": 0, "resets": 0, "abstained": 0, "late": 0}
+        self.step_delay_s = 0.0  # fault injection: a slower island (see `inject`)
 
     # ---- training ------------------------------------------------------------------------------
 
@@ -164,6 +170,8 @@ class Trainer:
         while self.step < until:
             losses.append(self._inner_step())
             self.step += 1
+            if self.step_delay_s:
+                time.sleep(self.step_delay_s)
             if g == 0:
                 rep.scalars.append(("train/lr_inner", self.sched.get_last_lr()[0], self.step))
             self._record(self.engine.step(), rep, rounds)
@@ -201,10 +209,17 @@ class Trainer:
                 self._sent_at[ev.fragment] = ev.payload_bytes
                 tag = f"outer/delta_norm/group{g}/fragment{ev.fragment}"
                 rep.scalars.append((tag, ev.delta_norm, ev.step))
+                if ev.abstained:
+                    self.faults["abstained"] += 1
+                    rep.messages.append(
+                        f"group {g}: fragment {ev.fragment}'s pseudo-gradient at step {ev.step} "
+                        "is not finite: sending nothing this round"
+                    )
                 continue
             self.blocked_s += ev.blocked_s
             sent = self._sent_at.pop(ev.fragment, 0)
-            rounds.append((ev.fragment, ev.step, sent, ev.payload_bytes - sent))
+            rounds.append((ev.fragment, ev.step, sent, max(ev.payload_bytes - sent, 0)))
+            self._faults(ev, rep)
             if g == 0:
                 rep.scalars += [
                     (f"outer/quant_rel_error/fragment{ev.fragment}", ev.quant_rel_error, ev.step),
@@ -212,6 +227,31 @@ class Trainer:
                     ("outer/lr", self.cfg.outer.lr, ev.step),
                     ("outer/groups_in_round", ev.groups, ev.step),
                 ]
+
+    def _faults(self, ev: SyncEvent, rep: Report) -> None:
+        """Count what the engine left out; reset a group whose model went non-finite."""
+        g = self.where.group
+        self.faults["excluded"] += len(ev.excluded)
+        if g == 0:  # every group sees the same exclusions: one group reports them
+            for bad, why in ev.excluded:
+                rep.messages.append(
+                    f"round (fragment {ev.fragment}, step {ev.step - self.cfg.outer.overlap}): "
+                    f"left out group {bad}: {why}"
+                )
+        if not ev.adopted:
+            return
+        self.faults["adopted"] += 1
+        # A diverged local model (NaN/Inf) would keep poisoning its next sends: restart this
+        # group from the global parameters with fresh AdamW moments. All ranks agree: DDP keeps
+        # their local models equal.
+        if not all(bool(torch.isfinite(p).all()) for p in self.model.parameters()):
+            load_global(self.model, self.engine.global_state())
+            self.opt.state.clear()
+            self.faults["resets"] += 1
+            rep.messages.append(
+                f"group {g}: local model not finite at step {ev.step}: reset to the global "
+                "parameters, inner optimizer state cleared"
+            )
 
     def _summarize(self, rep: Report, first: int, losses: list[float], rounds: list) -> None:
         """Turn this rank's chunk into the group's numbers (one small all-reduce when K > 1)."""
@@ -245,6 +285,10 @@ class Trainer:
                 (f"comm/bytes_received/group{g}", rep.bytes_received, rep.step),
                 (f"outer/blocked_s/group{g}", rep.blocked_s, rep.step),
             ]
+        self.faults["late"] = self.transport.stats.late
+        rep.faults = dict(self.faults)
+        if rounds:
+            rep.scalars += [(f"faults/{k}/group{g}", v, rep.step) for k, v in self.faults.items()]
         if n and rep.seconds > 0:
             tps = rep.tokens / rep.seconds
             rep.scalars.append((f"perf/tokens_per_s/group{g}", tps, rep.step))
@@ -286,6 +330,49 @@ class Trainer:
     def next_sync(self) -> tuple[int, int]:
         """(step, fragment) of the next send, for progress displays."""
         return self.engine.schedule.next_event(self.step)
+
+    # ---- fault injection (tests, benchmarks, drills) ---------------------------------------------
+
+    def inject(self, kind: str, value: float = 0.0) -> None:
+        """Make this rank misbehave: "delay" sleeps `value` s after every inner step (a slow
+        island), "nan" fills a weight with NaN (a faulty device), "corrupt" flips a byte of the
+        next payload this rank sends (a bad link or a buggy peer)."""
+        if kind == "delay":
+            self.step_delay_s = float(value)
+        elif kind == "nan":
+            with torch.no_grad():
+                next(self.model.parameters()).fill_(float("nan"))
+        elif kind == "corrupt":
+            send = self.transport.exchange
+
+            def corrupt_once(key, payload):
+                self.transport.exchange = send  # type: ignore[method-assign]
+                if payload:
+                    payload = payload[:-1] + bytes([payload[-1] ^ 0xFF])
+                return send(key, payload)
+
+            self.transport.exchange = corrupt_once  # type: ignore[method-assign]
+        else:
+            raise ValueError(f"inject: unknown fault {kind!r} (delay, nan, corrupt)")
+
+    # ---- live recovery of a replacement group ------------------------------------------------
+
+    def recovery_state(self) -> dict:
+        """What a replacement group needs from this healthy one: the engine state (global
+        parameters, outer momentum, step). A collective when K > 1; take it when idle."""
+        return self.engine.state_dict()
+
+    def recover(self, state: Mapping) -> int:
+        """Become a member at the peer's step: local = global, fresh AdamW moments, the lr
+        schedule at that step. Returns the bytes received (global + momentum)."""
+        self.engine.load_state_dict(state)
+        load_global(self.model, self.engine.global_state())
+        self.opt.state.clear()
+        self.step = self.engine.step_count
+        self.sched.last_epoch = self.step - 1
+        self.sched.step()  # the lr of step `self.step`
+        tensors = [*state["global"], *(m for m in state["momentum"] if m is not None)]
+        return sum(t.numel() * t.element_size() for t in tensors)
 
     # ---- initial broadcast and checkpoints ---------------------------------------------------
 
