@@ -396,7 +396,7 @@ def test_bad_contributions_are_left_out_by_every_group_alike():
         seen[(g, rep.engine.step_count, "global")] = rep.engine.global_params[0].clone()
 
     in_threads(lambda g: reps[g].train(5, hook), m)
-    for step, why in ((2, "invalid payload"), (4, "abstained")):
+    for step, why in ((2, "invalid payload"), (4, "sent nothing")):
         for g in range(m):
             ev = seen[(g, step, "apply")]
             assert [b for b, _ in ev.excluded] == [2] and why in ev.excluded[0][1]

@@ -111,3 +111,26 @@ def test_resume_skips_a_truncated_newest_checkpoint(local_ray, tmp_path):
     _healthy(more)
     assert len(more.groups[0].train_loss) == 80 - 41  # continued from step 41
     assert more.groups[0].train_loss[: 60 - 41] != full.groups[0].train_loss[41:]  # lr differs
+
+
+def test_a_resubmitted_job_with_on_existing_resume_continues(local_ray, tmp_path, capsys):
+    from streamloco.cli import main
+
+    args = [
+        "train",
+        "--config",
+        str(SMOKE),
+        f"--run.out_dir={tmp_path}",
+        "--run.name=job",
+        "--model.vocab_size=16",
+        "--data.branching=2",
+        "--run.checkpoint_every=20",
+        "--no-progress",
+    ]
+    assert main([*args, "--train.steps=40"]) == 0
+    assert main([*args, "--train.steps=60"]) == 2  # the default refuses to reuse the run dir
+    assert "already holds checkpoints" in capsys.readouterr().err
+    assert main([*args, "--train.steps=60", "--run.on_existing=resume"]) == 0
+    out = capsys.readouterr().out
+    assert "resuming from" in out and "step-00000040" in out
+    assert (tmp_path / "job" / "checkpoints" / "step-00000060").is_dir()

@@ -50,6 +50,9 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     else:
         cfg = _load(args, overrides)
         run_dir = Path(cfg.run.out_dir) / cfg.run.name
+        ckpts = run_dir / "checkpoints"
+        if cfg.run.on_existing == "resume" and ckpts.is_dir() and any(ckpts.iterdir()):
+            args.resume = run_dir  # a resubmitted job: continue where the last driver stopped
     m, k = cfg.train.groups, cfg.cluster.ranks_per_group
     print(f"streamloco train: {m} groups x {k} ranks on Ray, run dir {run_dir}", flush=True)
     try:

@@ -193,6 +193,11 @@ class RunConfig:
         "(0 = only at the end)",
     )
     keep_checkpoints: int = _f(3, "keep the newest this many checkpoints")
+    on_existing: Literal["fail", "resume"] = _f(
+        "fail",
+        "`train` into a run dir that holds checkpoints: fail, or resume from the newest valid "
+        "one (for jobs that may be resubmitted after the driver died)",
+    )
 
 
 @dataclass

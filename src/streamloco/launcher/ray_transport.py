@@ -1,13 +1,14 @@
 """The engine's all-gather between worker groups, through Ray's object store.
 
 Design. One small named coordinator actor (async, no CPU) runs the rounds; payload bytes never
-pass through it. A group's `exchange` puts its payload into the object store (the group's own
-worker owns the object), hands the coordinator the *reference* wrapped in a list (Ray resolves
-ObjectRefs passed as top-level arguments, not nested ones, so the coordinator never pulls the
-bytes), and asks to `collect` the round: a call that returns once every group has submitted,
-with every group's reference. Neither call is waited for in `exchange`, so it never blocks on
-the other groups; the handle holds the collect future. `wait` gets it, then pulls the other
-groups' payloads straight from their owners with `ray.get`.
+pass through it. A group's `exchange` puts its payload into the object store (owned by the
+sending worker), hands the coordinator the
+*reference* wrapped in a list (Ray resolves ObjectRefs passed as top-level arguments, not nested
+ones, so the coordinator never pulls the bytes), and asks to `collect` the round: a call that
+returns once every group has submitted, with every group's reference. Neither call is waited for
+in `exchange`, so it never blocks on the other groups; the handle holds the collect future.
+`wait` gets it, then pulls the other groups' payloads straight from the senders' nodes with
+`ray.get`.
 
 A round is keyed by (rank, fragment, send step): with hierarchical sync, rank r of every group
 exchanges its own 1/K shard of each fragment with rank r of the other groups, so the K ranks of a
@@ -28,6 +29,7 @@ this assumes synchronized clocks, which only matters when simulating).
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -61,6 +63,9 @@ class _Round:
     closed: bool = False
     deadline_passed: bool = False
     must_collect: set[int] = field(default_factory=set)  # set when the round closes
+    confirmed: dict[int, set[int]] = field(default_factory=dict)  # group -> payloads it lacks
+    agreed: asyncio.Event = field(default_factory=asyncio.Event)
+    left_out: list[int] = field(default_factory=list)  # set when agreed
 
 
 class Coordinator:
@@ -162,12 +167,43 @@ class Coordinator:
             return "missing", self._missing(rk, rnd)
         if self._aborted is not None:
             return "aborted", self._aborted
-        rnd.collected.add(group)
-        self._forget_if_done(rk, rnd)
         return "ok", dict(sorted(rnd.entries.items()))
 
+    async def confirm(
+        self, group: int, rank: int, key: Key, lacking: list[int], timeout_s: float | None
+    ) -> tuple[str, Any]:
+        """After fetching: `group` reports the payloads it could not fetch (their sender died
+        first). Returns ("ok", groups to leave out) once every participant still alive has
+        reported, the union of what anyone lacks, so every group reduces the same payloads."""
+        rk = (rank, *key)
+        rnd = self._rounds.get(rk)
+        if rnd is None:
+            return "ok", sorted(lacking)  # already agreed and forgotten: only we lack these
+        if not rnd.agreed.is_set():
+            rnd.confirmed[group] = set(lacking)
+            self._maybe_agree(rnd)
+        try:
+            await asyncio.wait_for(rnd.agreed.wait(), timeout_s)
+        except TimeoutError:
+            return "missing", sorted(self._unconfirmed(rnd))
+        if self._aborted is not None:
+            return "aborted", self._aborted
+        rnd.collected.add(group)
+        self._forget_if_done(rk, rnd)
+        return "ok", rnd.left_out
+
+    def _unconfirmed(self, rnd: _Round) -> set[int]:
+        # participants that are still members and have not reported what they fetched
+        return {g for g in rnd.entries if g in self.members} - set(rnd.confirmed)
+
+    def _maybe_agree(self, rnd: _Round) -> None:
+        if rnd.closed and not rnd.agreed.is_set() and not self._unconfirmed(rnd):
+            rnd.left_out = sorted(set().union(*rnd.confirmed.values()))
+            rnd.agreed.set()
+
     def _forget_if_done(self, rk: RoundKey, rnd: _Round) -> None:
-        if rnd.closed and rnd.must_collect <= rnd.collected and self._rounds.get(rk) is rnd:
+        done = rnd.agreed.is_set() and rnd.must_collect <= rnd.collected
+        if rnd.closed and done and self._rounds.get(rk) is rnd:
             del self._rounds[rk]
 
     async def leave(self, group: int) -> None:
@@ -176,6 +212,7 @@ class Coordinator:
         for rk, rnd in list(self._rounds.items()):
             rnd.must_collect.discard(group)
             self._maybe_close(rk, rnd)
+            self._maybe_agree(rnd)
             self._forget_if_done(rk, rnd)
 
     async def join(self, group: int, since_step: int) -> None:
@@ -193,6 +230,7 @@ class Coordinator:
         self._aborted = reason
         for rnd in self._rounds.values():
             rnd.complete.set()
+            rnd.agreed.set()
         self._rounds.clear()  # drop the payload references with the rounds
 
     async def rounds_open(self) -> int:
@@ -238,17 +276,36 @@ class RayHandle(Handle):
         self._transport, self._key, self._payload = transport, key, payload
         self._submitted, self._collected = submitted, collected
         self._result: dict[int, bytes] | None = None
+        self._error: BaseException | None = None
         self.ready_at: float | None = None  # wall time the simulated transfer completed
+        # The round is received in the background as soon as it closes (collect, fetch the
+        # others' payloads, agree on them with the coordinator) while training goes on; `wait`
+        # only joins. Agreement then never waits for a peer's own apply step.
+        self._thread = threading.Thread(target=self._receive, name=f"round-{key}", daemon=True)
+        self._thread.start()
+
+    def _receive(self) -> None:
+        try:
+            # unbounded here: the coordinator bounds the collect (collect_timeout_s), an abort
+            # ends it, and the caller's wait(timeout) bounds how long training waits
+            self._result = self._complete(None)
+        except BaseException as e:  # handed to the caller of wait()
+            self._error = e
 
     def done(self) -> bool:
-        if self._result is not None:
-            return True
-        ready, _ = ray.wait([self._collected], timeout=0)
-        return bool(ready)
+        return not self._thread.is_alive()
 
     def wait(self, timeout: float | None = None) -> dict[int, bytes]:
-        if self._result is None:
-            self._result = self._complete(timeout)
+        self._thread.join(timeout)
+        if self._thread.is_alive():  # still receiving: a later wait can still succeed
+            t = self._transport
+            raise TransportError(
+                f"round {self._key} (rank {t.rank}, group {t.group}): timed out after "
+                f"{timeout}s waiting for groups {self._missing(5.0)}"
+            )
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
         return self._result
 
     def _missing(self, timeout: float) -> list[int] | str:
@@ -285,6 +342,25 @@ class RayHandle(Handle):
             )
         others = [g for g in value if g != t.group]
         fetched = [self._fetch(value[g][0][0], g, timeout, where) for g in others]
+        lacking = [g for g, b in zip(others, fetched, strict=True) if b is None]
+        # Agree with the other participants on what goes into the mean: a payload whose sender
+        # died before everyone fetched it is left out by all, not used by some.
+        try:
+            status, left_out = ray.get(
+                t.coordinator.confirm.remote(t.group, t.rank, self._key, lacking, timeout),
+                timeout=None if timeout is None else timeout + 5,
+            )
+        except RayError as e:
+            raise TransportError(f"{where}: coordinator failed: {e}") from e
+        if status != "ok":
+            raise TransportError(f"{where}: no agreement on the round's payloads: {left_out}")
+        lost = [g for g in lacking if g not in left_out]
+        if lost:  # only a late group can get here: the others used what it cannot fetch
+            raise TransportError(
+                f"{where}: the payloads of groups {lost} were used by the round but are gone; "
+                "this group cannot follow it and must recover from a peer"
+            )
+        fetched = [b"" if g in left_out else b for g, b in zip(others, fetched, strict=True)]
         received = sum(len(b) for b in fetched)
         landed = max(upload_done for _, _, upload_done in value.values())
         self.ready_at = t.clock.download(landed, received)
@@ -297,16 +373,15 @@ class RayHandle(Handle):
         return dict(sorted(result.items()))
 
     @staticmethod
-    def _fetch(ref, group: int, timeout: float | None, where: str) -> bytes:
+    def _fetch(ref, group: int, timeout: float | None, where: str) -> bytes | None:
+        """The payload, or None when its owner (that group's worker) died after handing it in:
+        then it is gone for everyone who had not fetched it yet."""
         try:
             return bytes(ray.get(ref, timeout=timeout))
         except GetTimeoutError as e:
             raise TransportError(f"{where}: timed out fetching group {group}'s payload") from e
         except RayError:
-            # Its owner (that group's worker) died after handing it in: the payload is gone for
-            # everyone who had not fetched it yet. An empty payload makes the engine leave the
-            # group out, like every other group that could not fetch it.
-            return b""
+            return None
 
 
 class RayTransport(Transport):

@@ -148,7 +148,10 @@ class StreamingEngine:
         """Advance one inner step; send and apply whatever the schedule says. Returns events."""
         self.step_count += 1
         events = [self._send(p) for p in self.schedule.sends(self.step_count)]
-        events += [self._apply(p) for p in self.schedule.applies(self.step_count)]
+        # `in self.in_flight`: a run that ended early-applied its last exchange in finish();
+        # continued with more steps, that fragment must not be applied a second time
+        applies = [p for p in self.schedule.applies(self.step_count) if p in self.in_flight]
+        events += [self._apply(p) for p in applies]
         return events
 
     def finish(self) -> list[SyncEvent]:
@@ -225,7 +228,7 @@ class StreamingEngine:
     def _decode(self, payload: bytes, n: int) -> tuple[torch.Tensor | None, str]:
         """The payload as an (n,) fp32 tensor, or None and why it cannot take part."""
         if not payload:
-            return None, "abstained (its pseudo-gradient was not finite)"
+            return None, "sent nothing (its pseudo-gradient was not finite, or it was lost)"
         try:
             # max_numel bounds what a hostile zstd payload can make us allocate.
             decoded = self.codec.decode(payload, max_numel=n).to(self.state_device)
