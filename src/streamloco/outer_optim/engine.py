@@ -91,6 +91,7 @@ class SyncEvent:
     excluded: tuple[tuple[int, str], ...] = ()  # apply: (group, why) left out of the mean
     adopted: bool = False  # apply: own payload not in the mean -> local fragment = global
     abstained: bool = False  # send: own delta was not finite -> sent an empty payload
+    sent_at: int = 0  # apply: the step the round's payloads were sent at
 
 
 ABSTAIN = b""  # the payload of a group that has nothing valid to contribute
@@ -223,6 +224,7 @@ class StreamingEngine:
             groups=used,
             excluded=tuple(excluded),
             adopted=not own_used,
+            sent_at=flight.send_step,
         )
 
     def _decode(self, payload: bytes, n: int) -> tuple[torch.Tensor | None, str]:

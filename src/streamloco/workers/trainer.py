@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import math
 import time
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
@@ -235,7 +236,7 @@ class Trainer:
         if g == 0:  # every group sees the same exclusions: one group reports them
             for bad, why in ev.excluded:
                 rep.messages.append(
-                    f"round (fragment {ev.fragment}, step {ev.step - self.cfg.outer.overlap}): "
+                    f"round (fragment {ev.fragment}, sent at step {ev.sent_at}): "
                     f"left out group {bad}: {why}"
                 )
         if not ev.adopted:
@@ -370,7 +371,9 @@ class Trainer:
         self.opt.state.clear()
         self.step = self.engine.step_count
         self.sched.last_epoch = self.step - 1
-        self.sched.step()  # the lr of step `self.step`
+        with warnings.catch_warnings():  # "scheduler.step() before optimizer.step()": on purpose
+            warnings.simplefilter("ignore", UserWarning)
+            self.sched.step()  # the lr of step `self.step`
         tensors = [*state["global"], *(m for m in state["momentum"] if m is not None)]
         return sum(t.numel() * t.element_size() for t in tensors)
 
