@@ -36,7 +36,10 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench_train_overhead import write_random_shards  # benchmarks/ (scripts run from the root)
+from bench_train_overhead import (  # benchmarks/ (scripts run from the root)
+    shard_run_overrides,
+    write_random_shards,
+)
 from streamloco.config import Config, load_config
 from streamloco.outer_optim.codecs import make_codec
 from streamloco.outer_optim.fragments import partition
@@ -68,26 +71,14 @@ def make_config(args, data_dir: Path, name: str, mbps: float, latency_ms: float,
     return load_config(
         DEMO,
         [
-            "--data.source='shards'",
-            f"--data.dir='{data_dir}'",
-            f"--model.size='{args.size}'",
-            f"--model.vocab_size={args.vocab}",
-            f"--model.seq_len={args.seq_len}",
-            f"--train.batch_size={args.batch}",
-            f"--train.steps={args.steps}",
+            *shard_run_overrides(args, data_dir, args.steps),
             "--train.groups=2",
-            "--train.eval_every=0",
-            "--train.eval_batches=1",
             "--train.log_every=10",
-            "--train.device='cpu'",
-            f"--inner.warmup_steps={min(30, args.steps)}",
             f"--outer.sync_every={args.sync_every}",
             "--outer.zstd_level=0",
-            "--cluster.ranks_per_group=1",
             "--cluster.cpus_per_rank=1",
             f"--transport.bandwidth_mbps={mbps}",
             f"--transport.latency_ms={latency_ms}",
-            "--run.tensorboard=false",
             f"--run.name='{name}'",
             *variant,
         ],

@@ -78,29 +78,36 @@ def write_random_shards(root: Path, vocab: int, train_tokens: int, seed: int = 0
     return root
 
 
+def shard_run_overrides(args, data_dir: Path, steps: int) -> list[str]:
+    """Config overrides every benchmark run on random-token shards shares (no eval, no TB)."""
+    return [
+        "--data.source='shards'",
+        f"--data.dir='{data_dir}'",
+        f"--model.size='{args.size}'",
+        f"--model.vocab_size={args.vocab}",
+        f"--model.seq_len={args.seq_len}",
+        f"--train.batch_size={args.batch}",
+        f"--train.steps={steps}",
+        "--train.eval_every=0",
+        "--train.eval_batches=1",
+        "--train.device='cpu'",
+        f"--inner.warmup_steps={min(30, steps)}",
+        "--cluster.ranks_per_group=1",
+        "--run.tensorboard=false",
+    ]
+
+
 def make_config(
     args, data_dir: Path, out_dir: Path, total_steps: int, name: str = "overhead"
 ) -> Config:
     return load_config(
         DEMO,
         [
-            "--data.source='shards'",
-            f"--data.dir='{data_dir}'",
-            f"--model.size='{args.size}'",
-            f"--model.vocab_size={args.vocab}",
-            f"--model.seq_len={args.seq_len}",
-            f"--train.batch_size={args.batch}",
-            f"--train.steps={total_steps}",
+            *shard_run_overrides(args, data_dir, total_steps),
             "--train.groups=1",
-            "--train.eval_every=0",
-            "--train.eval_batches=1",
             f"--train.threads={args.threads}",
             f"--train.log_every={CHUNK}",
-            "--train.device='cpu'",
-            f"--inner.warmup_steps={min(30, total_steps)}",
-            "--cluster.ranks_per_group=1",
             f"--cluster.cpus_per_rank={args.threads}",
-            "--run.tensorboard=false",
             f"--run.out_dir='{out_dir}'",
             f"--run.name='{name}'",
         ],

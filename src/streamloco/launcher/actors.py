@@ -101,17 +101,8 @@ class RankActor:
     def recover(self, state) -> int:
         return self.trainer.recover(state)
 
-    def next_sync(self) -> tuple[int, int]:
-        return self.trainer.next_sync()
-
     def global_state(self):
         return self.trainer.global_state()
-
-    def shutdown(self) -> None:
-        import torch.distributed as dist
-
-        if dist.is_initialized():
-            dist.destroy_process_group()
 
 
 RemoteRankActor = ray.remote(RankActor)
