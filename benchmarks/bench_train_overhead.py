@@ -236,8 +236,9 @@ def main() -> None:
     ap.add_argument("--repeats", type=int, default=3)
     ap.add_argument("--profile", metavar="FILE", help="also cProfile the in-process Trainer")
     args = ap.parse_args()
-    if args.steps % CHUNK:
-        ap.error(f"--steps must be a multiple of {CHUNK} (the report chunk)")
+    if args.steps % CHUNK or args.steps < 2 * CHUNK:
+        # the launcher's first timed chunk has no earlier report to measure from
+        ap.error(f"--steps must be a multiple of {CHUNK} (the report chunk), at least {2 * CHUNK}")
     import ray
 
     total = CHUNK + args.steps + 1  # warm-up chunk, timed chunks, a 1-step final chunk
