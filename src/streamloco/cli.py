@@ -152,6 +152,48 @@ def cmd_tokenizer_report(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> int:
+    import datetime as dt
+    import json
+    import shlex
+
+    from streamloco.bench import report
+    from streamloco.bench.spec import load_bench, preset_path
+
+    if args.report_only is not None:
+        saved = args.report_only / "results.json"
+        if not saved.is_file():
+            raise ValueError(f"--report-only {args.report_only}: no results.json there")
+        try:
+            results = json.loads(saved.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{saved}: not valid JSON: {e}") from None
+        for path in report.write_report(results, args.report_only):
+            print(path)
+        return 0
+    if args.config is not None and args.preset is not None:
+        raise ValueError("give --preset or --config, not both")
+    preset = args.preset or ("custom" if args.config else "default")
+    path = args.config or preset_path(preset)
+    bench, cfg, base = load_bench(path, overrides)
+    stamp = dt.datetime.now().strftime("%Y%m%d-%H%M%S")
+    out = args.out or Path(cfg.run.out_dir) / f"bench-{preset}-{stamp}"
+    from streamloco.bench.run import run_bench
+
+    given = ["--preset", preset] if args.config is None else ["--config", str(path)]
+    command = shlex.join(["streamloco", "bench", *given, *overrides])
+    print(f"streamloco bench: {path} -> {out}", flush=True)
+    results = run_bench(
+        bench, cfg, base, out, preset=preset, command=command, progress=not args.no_progress
+    )
+    print(report.markdown(results))
+    print(f"report: {out / 'results.md'}")
+    missed = [t for t in results["targets"] if not t["met"]]
+    if missed:
+        print(f"streamloco bench: {len(missed)} target(s) missed (see the report)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="streamloco",
@@ -187,6 +229,24 @@ def build_parser() -> argparse.ArgumentParser:
         help="fault drill: kill, delay (s per step), nan or corrupt a group (repeatable)",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p = add(
+        "bench",
+        cmd_bench,
+        "DDP vs DiLoCo vs Streaming DiLoCo at equal tokens, plus compute utilization against "
+        "link bandwidth; writes results.json, results.md and plots",
+        config=False,
+    )
+    p.add_argument("--preset", default=None, help="configs/bench/NAME.toml: quick, default, gpu")
+    p.add_argument("--config", type=Path, default=None, help="a bench config file instead")
+    p.add_argument("--out", type=Path, default=None, help="output dir (reruns reuse its runs)")
+    p.add_argument(
+        "--report-only",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="rebuild results.md and the plots from DIR/results.json",
+    )
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p = add("config", cmd_config, "print the resolved config as TOML")
     p.add_argument("--explain", action="store_true", help="list every key with its doc")
     add("fragments", cmd_fragments, "show how the model is cut into fragments")

@@ -94,6 +94,11 @@ class TrainConfig:
         50, "evaluate the global parameters every this many steps (0 = only at end)"
     )
     eval_batches: int = _f(4, "batches per evaluation")
+    eval_batch_size: int = _f(
+        0,
+        "sequences per evaluation batch (0 = train.batch_size); set it when runs with different "
+        "batch sizes must be evaluated on the same held-out text",
+    )
     threads: int = _f(
         1, "torch intra-op threads for `simulate` (`train` sets them from cluster.cpus_per_rank)"
     )
@@ -129,6 +134,11 @@ class InnerConfig:
 
 @dataclass
 class OuterConfig:
+    enabled: bool = _f(
+        True,
+        "false: no outer loop, plain training of one group (DDP across its ranks); the "
+        "data-parallel baseline. Needs train.groups = 1",
+    )
     sync_every: int = _f(30, "H: inner steps between two syncs of the same fragment")
     fragments: int = _f(1, "F: number of fragments synchronized on staggered schedules")
     overlap: int = _f(0, "tau: inner steps a fragment's exchange may stay in flight (< H/F)")
@@ -394,6 +404,7 @@ def validate(cfg: Config) -> None:
     ]:
         _check(value >= 1, key, f"must be >= 1, got {value}")
     _check(t.eval_every >= 0, "train.eval_every", "must be >= 0")
+    _check(t.eval_batch_size >= 0, "train.eval_batch_size", "must be >= 0 (0 = train.batch_size)")
     cl = cfg.cluster
     _check(
         t.batch_size % cl.ranks_per_group == 0,
@@ -422,6 +433,11 @@ def validate(cfg: Config) -> None:
     _check(i.grad_clip >= 0, "inner.grad_clip", "must be >= 0")
     _check(o.sync_every >= 1, "outer.sync_every", f"H must be >= 1, got {o.sync_every}")
     _check(o.fragments >= 1, "outer.fragments", f"F must be >= 1, got {o.fragments}")
+    _check(
+        o.enabled or t.groups == 1,
+        "outer.enabled",
+        f"false (no outer loop) needs train.groups = 1, got {t.groups}",
+    )
     n_layers = MODEL_SIZES[m.size]["n_layers"]
     _check(
         o.fragments <= n_layers,

@@ -20,6 +20,12 @@ class GroupResult:
     quant_rel_error: list[float] = field(default_factory=list)
     global_state: dict[str, torch.Tensor] = field(default_factory=dict)
     faults: dict[str, int] = field(default_factory=dict)  # see Trainer.faults
+    # one [apply step, sent + received, the same before zstd] per outer round, in order
+    rounds: list[list[float]] = field(default_factory=list)
+
+    def bytes_by(self, step: int, before_zstd: bool = False) -> float:
+        """Bytes this group moved in the rounds applied by `step` (a resumed run: since resume)."""
+        return sum(r[2 if before_zstd else 1] for r in self.rounds if r[0] <= step)
 
 
 @dataclass
@@ -71,10 +77,14 @@ def summarize(cfg: Config, result: RunResult) -> str:
         f"model {cfg.model.size}: {result.params:,} params; {m} groups x {cfg.train.steps} steps;"
         f" {result.tokens:,} tokens in {result.wall_s:.1f}s "
         f"({result.tokens / result.wall_s:,.0f} tokens/s)",
-        f"outer: H={cfg.outer.sync_every} F={cfg.outer.fragments} tau={cfg.outer.overlap} "
-        f"alpha={cfg.outer.alpha} codec={cfg.outer.codec}"
-        + (f"+zstd{cfg.outer.zstd_level}" if cfg.outer.zstd_level else "")
-        + f" schedule={cfg.outer.schedule}",
+        (
+            f"outer: H={cfg.outer.sync_every} F={cfg.outer.fragments} tau={cfg.outer.overlap} "
+            f"alpha={cfg.outer.alpha} codec={cfg.outer.codec}"
+            + (f"+zstd{cfg.outer.zstd_level}" if cfg.outer.zstd_level else "")
+            + f" schedule={cfg.outer.schedule}"
+            if cfg.outer.enabled
+            else "outer: none (outer.enabled = false: plain data-parallel training)"
+        ),
         f"final eval loss of the global parameters: {result.final_eval_loss:.4f}"
         + (
             f" (the synthetic language's floor: {result.nll_floor:.4f})"
@@ -154,6 +164,12 @@ class Collector:
                     res.train_loss.append(value)
                 elif tag.startswith("outer/quant_rel_error/"):
                     res.quant_rel_error.append(value)
+                elif tag.startswith("comm/round_bytes_sent/"):  # a round's tags come in order
+                    res.rounds.append([step, value, 0.0])
+                elif tag.startswith("comm/round_bytes_received/"):
+                    res.rounds[-1][1] += value
+                elif tag.startswith("comm/round_bytes_before_zstd/"):
+                    res.rounds[-1][2] = value
             res.bytes_sent, res.bytes_received = rep.bytes_sent, rep.bytes_received
             res.blocked_s = rep.blocked_s
             res.faults = dict(rep.faults)

@@ -83,6 +83,8 @@ class SyncEvent:
     fragment: int
     step: int
     payload_bytes: int = 0  # send: this rank's payload; apply: sum over all groups
+    raw_bytes: int = 0  # apply: the same payloads without the zstd stage (exact; = payload_bytes
+    # when zstd is off), so one run reports what the wire would carry with and without zstd
     delta_norm: float = 0.0  # send: ||global - local|| of this group (whole fragment)
     quant_rel_error: float = 0.0  # apply: ||decode(own) - delta|| / ||delta|| (own shard)
     mean_delta_norm: float = 0.0  # apply: ||mean decoded delta|| (own shard)
@@ -218,6 +220,7 @@ class StreamingEngine:
             p,
             self.step_count,
             payload_bytes=sum(len(b) for b in payloads.values()),
+            raw_bytes=self.codec.payload_size((n,)) * sum(1 for b in payloads.values() if b),
             quant_rel_error=err,
             mean_delta_norm=mean_norm,
             blocked_s=blocked,
@@ -338,3 +341,42 @@ class StreamingEngine:
         full = torch.empty_like(self.global_params[p])
         self.comm.all_gather(buf, full, self.shard_len[p])
         return full
+
+
+class NoOuterLoop:
+    """`outer.enabled = false`: no outer loop at all, for plain data-parallel training of one
+    group (DDP across its ranks), the baseline every DiLoCo result is measured against.
+
+    It stands in for `StreamingEngine` with the same surface, so evaluation, checkpoints and
+    the driver need no special case: the "global" parameters are the local model's own.
+    """
+
+    def __init__(self, model: nn.Module, options: EngineOptions) -> None:
+        self.model, self.options = model, options
+        # the driver still reads the schedule (chunk ends, progress); nothing is ever in flight
+        self.schedule = Schedule(options.sync_every, options.fragments, options.overlap)
+        self.step_count = 0
+
+    def step(self) -> list[SyncEvent]:
+        self.step_count += 1
+        return []
+
+    def finish(self) -> list[SyncEvent]:
+        return []
+
+    @property
+    def idle(self) -> bool:
+        return True
+
+    def global_state(self) -> dict[str, torch.Tensor]:
+        return {
+            n: p.detach().to("cpu", torch.float32).clone() for n, p in self.model.named_parameters()
+        }
+
+    def state_dict(self) -> dict:
+        return {"version": STATE_VERSION, "outer": False, "step": self.step_count}
+
+    def load_state_dict(self, state: Mapping) -> None:
+        if state.get("version") != STATE_VERSION or state.get("outer", True):
+            raise ValueError("engine state: not from a run without an outer loop")
+        self.step_count = int(state["step"])

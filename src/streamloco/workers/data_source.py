@@ -80,10 +80,11 @@ def _synthetic_source(cfg: Config) -> DataSource:
     check_synthetic(cfg)
     t, seq = cfg.train, cfg.model.seq_len
     lang = MarkovLanguage(cfg.model.vocab_size, cfg.data.branching, seed=t.seed)
-    held_out = SyntheticStream(lang, t.batch_size, seq, t.seed, EVAL_STREAM)
+    eval_batch = t.eval_batch_size or t.batch_size
+    held_out = SyntheticStream(lang, eval_batch, seq, t.seed, EVAL_STREAM)
     batches, logps = [], []
     for _ in range(t.eval_batches):
-        tokens, logp = lang.sample(t.batch_size, seq + 1, held_out.generator)
+        tokens, logp = lang.sample(eval_batch, seq + 1, held_out.generator)
         batches.append(tokens)
         logps.append(logp)
     return DataSource(
@@ -115,7 +116,11 @@ def _shard_source(cfg: Config) -> DataSource:
             continue  # too little held-out text for even one window
         eval_sets[lang] = list(
             validation_batches(
-                manifest, lang, batch_size=t.batch_size, seq_len=seq, max_batches=t.eval_batches
+                manifest,
+                lang,
+                batch_size=t.eval_batch_size or t.batch_size,
+                seq_len=seq,
+                max_batches=t.eval_batches,
             )
         )
     if not eval_sets:

@@ -26,7 +26,12 @@ from torch import nn
 
 from streamloco.config import Config
 from streamloco.outer_optim.comm import GroupComm, SoloComm
-from streamloco.outer_optim.engine import EngineOptions, StreamingEngine, SyncEvent
+from streamloco.outer_optim.engine import (
+    EngineOptions,
+    NoOuterLoop,
+    StreamingEngine,
+    SyncEvent,
+)
 from streamloco.outer_optim.transport import Transport
 from streamloco.workers.data_source import DataSource, build_data_source, mean_loss
 from streamloco.workers.inner import build_inner_optimizer
@@ -135,12 +140,7 @@ class Trainer:
         )
         self.opt, self.sched = build_inner_optimizer(self.model, cfg.inner, cfg.train.steps)
         self.transport = transport
-        self.engine = StreamingEngine(
-            self.model,
-            EngineOptions.from_config(cfg.outer, cfg.transport.timeout_s),
-            transport,
-            self.comm,
-        )
+        self.engine = self._new_engine()
         self.data = data or build_data_source(cfg)
         self.stream = self.data.stream(where.group, where.rank, where.ranks)
         self.step = 0
@@ -165,7 +165,7 @@ class Trainer:
         until = min(until, cfg.train.steps)
         rep = Report(g, self.where.rank, self.step)
         losses: list[float] = []
-        rounds: list[tuple[int, int, float, float]] = []  # (fragment, step, sent, received)
+        rounds: list[tuple] = []  # (fragment, step, sent, received, both before zstd)
         t0 = time.perf_counter()
         first = self.step + 1
         while self.step < until:
@@ -219,7 +219,9 @@ class Trainer:
                 continue
             self.blocked_s += ev.blocked_s
             sent = self._sent_at.pop(ev.fragment, 0)
-            rounds.append((ev.fragment, ev.step, sent, max(ev.payload_bytes - sent, 0)))
+            rounds.append(
+                (ev.fragment, ev.step, sent, max(ev.payload_bytes - sent, 0), ev.raw_bytes)
+            )
             self._faults(ev, rep)
             if g == 0:
                 rep.scalars += [
@@ -273,11 +275,12 @@ class Trainer:
         if group_losses:
             rep.loss = group_losses[-1]
         rep.scalars += [(f"train/loss/group{g}", v, first + i) for i, v in enumerate(group_losses)]
-        for i, (p, step, _, _) in enumerate(rounds):
-            sent, received = per_round[2 * i], per_round[2 * i + 1]
+        for i, (p, step, *_) in enumerate(rounds):
+            sent, received, raw = per_round[3 * i : 3 * i + 3]
             rep.scalars += [
                 (f"comm/round_bytes_sent/group{g}", sent, step),
                 (f"comm/round_bytes_received/group{g}", received, step),
+                (f"comm/round_bytes_before_zstd/group{g}", raw, step),
                 (f"comm/round_fragment/group{g}", p, step),
             ]
         if rounds or rep.done:
@@ -388,7 +391,14 @@ class Trainer:
             raise RuntimeError("load_initial after training started")
         self.model.load_state_dict(dict(state))
         # the engine's global copy was taken from the old initialization: start it over
-        self.engine = StreamingEngine(self.model, self.engine.options, self.transport, self.comm)
+        self.engine = self._new_engine()
+
+    def _new_engine(self) -> StreamingEngine | NoOuterLoop:
+        """The outer loop, whose global copy starts from the model as it is now."""
+        options = EngineOptions.from_config(self.cfg.outer, self.cfg.transport.timeout_s)
+        if not self.cfg.outer.enabled:
+            return NoOuterLoop(self.model, options)
+        return StreamingEngine(self.model, options, self.transport, self.comm)
 
     def state_dict(self) -> dict:
         """This rank's part of a checkpoint (a collective when K > 1; take it when idle).

@@ -1,0 +1,272 @@
+"""What `streamloco bench` runs: the bench config (`configs/bench/*.toml`) and the run plan.
+
+A bench file has a `[bench]` table (below) and, optionally, ordinary training sections
+(`[train]`, `[inner]`, `[outer]`, ...) that are laid over the base training config named by
+`bench.base`. Every run of the bench starts from that merged config and changes only what its
+variant is about, so the runs differ in the outer algorithm alone.
+
+Equal tokens, as in the Streaming DiLoCo paper: every run takes `train.steps` steps of
+`bench.global_batch` sequences in all. M groups split that batch (each group trains on
+global_batch / M sequences per step), and the data-parallel baseline is one group that trains on
+the whole batch per step, so its gradient is the mean over the same number of sequences that M
+groups would all-reduce. Pure: no Ray, no torch.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from streamloco.config import Config, from_dict
+
+PRESETS_DIR = Path("configs") / "bench"
+
+
+@dataclass
+class BenchConfig:
+    base: str = "configs/demo.toml"  # training config every run starts from (repo-relative)
+    groups: list[int] = field(default_factory=lambda: [2, 4])  # M values to compare
+    global_batch: int = 32  # sequences per step, all groups together (equal tokens)
+    ddp_ranks: int = 1  # ranks of the data-parallel group (1 = the whole batch on one rank)
+    diloco_sync_every: int = 30  # H of the DiLoCo run (F=1, tau=0, fp32)
+    streaming_sync_every: list[int] = field(default_factory=lambda: [30, 100])
+    fragments: int = 0  # F of the streaming runs; 0 = one fragment per ~3 blocks, at least 2
+    overlap: int = 1  # tau of the streaming runs
+    codec: str = "e3m0"  # 4-bit payloads of the streaming runs
+    zstd_level: int = 3  # the streaming runs' zstd stage (bytes without it are reported too)
+    cpus: float = 0.0  # CPUs a run may use (0 = all Ray has); split across its ranks
+    gpus: float = 0.0  # GPUs a run may use; split across its ranks
+    quality: bool = True  # the equal-token training runs
+    utilization: bool = True  # measured + modelled compute utilization vs bandwidth
+    bandwidths_mbps: list[float] = field(default_factory=lambda: [25.0, 100.0, 400.0])
+    latency_ms: float = 20.0
+    utilization_steps: int = 60  # steps of each measured utilization run (DP: dp_steps)
+    dp_steps: int = 20  # DP exchanges every step: short, or slow links take minutes
+    extrapolate: bool = True  # the analytic model at the paper's 1B scale
+    max_gap: dict[str, float] = field(default_factory=lambda: {"2": 0.01, "4": 0.02})
+    min_ratio_vs_bf16: float = 400.0  # bytes target for Streaming 4-bit at the largest H
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """One training run of the bench, and the table rows it yields."""
+
+    id: str
+    label: str
+    method: str  # "ddp" | "diloco" | "streaming"
+    groups: int  # M (1 for the data-parallel run)
+    changes: dict[str, Any]  # dotted config keys this run sets over the base
+    # rows that reuse this run's losses (zstd is lossless): (id, label) of the row without zstd
+    without_zstd: tuple[str, str] | None = None
+
+
+def _coerce(key: str, value: Any, default: Any) -> Any:
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ValueError(f"bench.{key}: expected true or false, got {value!r}")
+        return value
+    if isinstance(default, int) and not isinstance(default, bool):
+        if isinstance(value, bool) or not isinstance(value, int):
+            raise ValueError(f"bench.{key}: expected an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            raise ValueError(f"bench.{key}: expected a number, got {value!r}")
+        return float(value)
+    if isinstance(default, list):
+        if not isinstance(value, list) or not value:
+            raise ValueError(f"bench.{key}: expected a non-empty list, got {value!r}")
+        return [_coerce(f"{key}[{i}]", v, default[0]) for i, v in enumerate(value)]
+    if isinstance(default, dict):
+        if not isinstance(value, dict):
+            raise ValueError(f"bench.{key}: expected a table, got {value!r}")
+        return {str(k): _coerce(f"{key}.{k}", v, 0.0) for k, v in value.items()}
+    if not isinstance(value, str):
+        raise ValueError(f"bench.{key}: expected a string, got {value!r}")
+    return value
+
+
+def bench_from_dict(data: dict[str, Any]) -> BenchConfig:
+    out = BenchConfig()
+    known = {f.name for f in dataclasses.fields(BenchConfig)}
+    for key, value in data.items():
+        if key not in known:
+            raise ValueError(f"bench.{key}: unknown key; valid keys: {', '.join(sorted(known))}")
+        setattr(out, key, _coerce(key, value, getattr(out, key)))
+    _validate(out)
+    return out
+
+
+def _validate(b: BenchConfig) -> None:
+    def check(ok: bool, key: str, why: str) -> None:
+        if not ok:
+            raise ValueError(f"bench.{key}: {why}")
+
+    check(all(m >= 2 for m in b.groups), "groups", f"every M must be >= 2, got {b.groups}")
+    for m in [*b.groups, b.ddp_ranks]:
+        check(
+            b.global_batch % m == 0,
+            "global_batch",
+            f"{b.global_batch} sequences cannot be split evenly over {m} groups/ranks",
+        )
+    check(b.ddp_ranks >= 1, "ddp_ranks", "must be >= 1")
+    check(b.diloco_sync_every >= 1, "diloco_sync_every", "must be >= 1")
+    check(all(h >= 1 for h in b.streaming_sync_every), "streaming_sync_every", "must be >= 1")
+    check(b.fragments >= 0, "fragments", "must be >= 0 (0 = about one per 3 blocks)")
+    check(b.overlap >= 0, "overlap", "must be >= 0")
+    check(b.cpus >= 0 and b.gpus >= 0, "cpus", "cpus and gpus must be >= 0")
+    check(all(x > 0 for x in b.bandwidths_mbps), "bandwidths_mbps", "must be > 0")
+    check(b.utilization_steps >= 1 and b.dp_steps >= 1, "utilization_steps", "must be >= 1")
+    for m in b.groups:
+        check(str(m) in b.max_gap, "max_gap", f"no target for M={m} (a table like {{'2' = 0.01}})")
+
+
+def load_bench(path: Path, overrides: list[str] = ()) -> tuple[BenchConfig, Config, dict]:
+    """(bench settings, merged base training config, its plain dict) from a bench file.
+
+    `overrides` are `--section.key=value` flags: `--bench.*` go to the bench, the others to the
+    training config of every run.
+    """
+    from streamloco.config import _parse_override
+
+    if not path.is_file():
+        raise ValueError(f"bench config {path} does not exist")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"bench config {path}: invalid TOML: {e}") from None
+    bench_data = dict(data.pop("bench", {}))
+    for arg in overrides:
+        key, value = _parse_override(arg)
+        section, name = key.split(".")
+        (bench_data if section == "bench" else data.setdefault(section, {}))[name] = value
+    try:
+        bench = bench_from_dict(bench_data)
+    except ValueError as e:
+        raise ValueError(f"{path}: {e}") from None
+    base_path = Path(bench.base)
+    if not base_path.is_file():
+        raise ValueError(f"{path}: bench.base: training config {base_path} does not exist")
+    merged = tomllib.loads(base_path.read_text(encoding="utf-8"))
+    for section, values in data.items():
+        if not isinstance(values, dict):
+            raise ValueError(f"{path}: {section}: expected a table of keys")
+        merged.setdefault(section, {}).update(values)
+    try:
+        cfg = from_dict(merged)
+    except ValueError as e:
+        raise ValueError(f"{path} over {base_path}: {e}") from None
+    return bench, cfg, merged
+
+
+def preset_path(name: str) -> Path:
+    path = PRESETS_DIR / f"{name}.toml"
+    if not path.is_file():
+        have = sorted(p.stem for p in PRESETS_DIR.glob("*.toml")) if PRESETS_DIR.is_dir() else []
+        raise ValueError(
+            f"--preset {name}: no {path} (presets: {', '.join(have) or 'none'}; run from the "
+            "repository root)"
+        )
+    return path
+
+
+def streaming_fragments(bench: BenchConfig, cfg: Config) -> int:
+    """F of the streaming runs: bench.fragments, or about one fragment per 3 transformer blocks
+    (the paper's recommendation) and at least 2, so the schedule really streams."""
+    if bench.fragments:
+        return bench.fragments
+    from streamloco.workers.model import MODEL_SIZES
+
+    return max(2, round(MODEL_SIZES[cfg.model.size]["n_layers"] / 3))
+
+
+def plan_runs(bench: BenchConfig, cfg: Config) -> list[RunSpec]:
+    """The data-parallel baseline, then for each M: DiLoCo, and Streaming at each H."""
+    f = streaming_fragments(bench, cfg)
+    for h in bench.streaming_sync_every:
+        if h % f:
+            raise ValueError(f"bench.streaming_sync_every: H={h} is not a multiple of F={f}")
+    gb = bench.global_batch
+    runs = [
+        RunSpec(
+            "ddp",
+            "DDP",
+            "ddp",
+            1,
+            {
+                "outer.enabled": False,
+                "train.groups": 1,
+                "train.batch_size": gb,
+                "cluster.ranks_per_group": bench.ddp_ranks,
+            },
+        )
+    ]
+    zstd = bench.zstd_level
+    for m in bench.groups:
+        per_group = {"train.groups": m, "train.batch_size": gb // m}
+        h = bench.diloco_sync_every
+        runs.append(
+            RunSpec(
+                f"m{m}-diloco-h{h}",
+                f"DiLoCo H={h} fp32",
+                "diloco",
+                m,
+                {
+                    **per_group,
+                    "outer.sync_every": h,
+                    "outer.fragments": 1,
+                    "outer.overlap": 0,
+                    "outer.codec": "fp32",
+                    "outer.zstd_level": 0,
+                    "outer.alpha": 0.0,
+                },
+            )
+        )
+        for h in bench.streaming_sync_every:
+            label = f"Streaming H={h} 4-bit" if bench.codec == "e3m0" else f"Streaming H={h}"
+            rid = f"m{m}-streaming-h{h}"
+            runs.append(
+                RunSpec(
+                    f"{rid}-zstd" if zstd else rid,
+                    f"{label} + zstd" if zstd else label,
+                    "streaming",
+                    m,
+                    {
+                        **per_group,
+                        "outer.sync_every": h,
+                        "outer.fragments": f,
+                        "outer.overlap": bench.overlap,
+                        "outer.codec": bench.codec,
+                        "outer.zstd_level": zstd,
+                    },
+                    without_zstd=(rid, label) if zstd else None,
+                )
+            )
+    return runs
+
+
+def run_config(
+    base: dict, bench: BenchConfig, run_id: str, changes: dict[str, Any], out_dir: Path
+) -> Config:
+    """The training config of one bench run: the merged base, the bench's placement (its
+    CPUs/GPUs split over the run's ranks) and outputs, then the run's own `changes`."""
+    data = {s: dict(v) for s, v in base.items() if isinstance(v, dict)}
+    ranks = changes.get("train.groups", 1) * changes.get("cluster.ranks_per_group", 1)
+    settings: dict[str, Any] = {
+        "run.name": run_id,
+        "run.out_dir": str(out_dir / "runs"),
+        "run.on_existing": "fail",
+        "transport.bandwidth_mbps": 0.0,  # no simulated link unless the run asks for one
+        "transport.latency_ms": 0.0,
+    }
+    if bench.cpus:
+        settings["cluster.cpus_per_rank"] = bench.cpus / ranks
+    if bench.gpus:
+        settings["cluster.gpus_per_rank"] = bench.gpus / ranks
+    for key, value in (settings | changes).items():
+        section, name = key.split(".")
+        data.setdefault(section, {})[name] = value
+    return from_dict(data)
