@@ -71,6 +71,21 @@ def test_bench_config_errors_name_the_key(repo_root, tmp_path):
         plan_runs(bench, cfg)
 
 
+def test_bench_command_line_errors(repo_root, tmp_path, capsys):
+    from streamloco.cli import main
+
+    assert main(["bench", "--preset", "nope"]) == 2
+    assert "presets: default, gpu, quick" in capsys.readouterr().err
+    assert main(["bench", "--preset", "quick", "--config", "x.toml"]) == 2
+    assert "not both" in capsys.readouterr().err
+    assert main(["bench", "--report-only", str(tmp_path)]) == 2
+    assert "no results.json" in capsys.readouterr().err
+    (tmp_path / "results.json").write_text('{"version": 1, "runs": [')  # cut short
+    assert main(["bench", "--report-only", str(tmp_path)]) == 2
+    assert "not valid JSON" in capsys.readouterr().err
+    assert not (tmp_path / "results.md").exists()
+
+
 def _synthetic(*args: str):
     return load_config(
         None,
@@ -122,7 +137,7 @@ def test_zstd_is_lossless_so_one_run_gives_both_byte_counts():
     for z, p in zip(packed.groups, plain.groups, strict=True):
         assert z.train_loss == p.train_loss
         moved = p.bytes_sent + p.bytes_received
-        assert len(z.rounds) == len(p.rounds) == 8
+        assert len(z.rounds) == len(p.rounds) == 9  # 8 scheduled + the final sync of one
         assert sum(r[2] for r in z.rounds) == moved  # before zstd == what plain sent
         assert [r[1] for r in p.rounds] == [r[2] for r in p.rounds]  # no zstd: the same
         assert z.bytes_sent + z.bytes_received < moved  # zstd shrank the 4-bit payloads

@@ -69,13 +69,19 @@ def test_overlap_hides_part_of_each_transfer_by_hand():
     #   step 20 ends t=26: upload 26->28; finish(): download 28->30, blocked 4 (nothing hides it)
     # wall 30, blocked 10. Without overlap every round blocks 4: wall 36.
     payloads = (2_000_000, 2_000_000)
-    tl = simulate(pattern(10, payloads, tau=2), groups=2, steps=20, step_s=1.0, link=MB_1S)
+    kw = {"groups": 2, "steps": 20, "step_s": 1.0, "link": MB_1S, "final_sync": False}
+    tl = simulate(pattern(10, payloads, tau=2), **kw)
     assert tl.rounds == 4
     assert tl.wall_s == pytest.approx(30.0)
     assert tl.blocked_s == pytest.approx(10.0)
     assert tl.utilization == pytest.approx(2 / 3)
-    no_overlap = simulate(pattern(10, payloads), groups=2, steps=20, step_s=1.0, link=MB_1S)
+    no_overlap = simulate(pattern(10, payloads), **kw)
     assert no_overlap.wall_s == pytest.approx(36.0)
+    # The engine's final sync (its default): fragment 1, last sent at step 15, is sent again
+    # after finish() has applied fragment 0: upload 30->32, download 32->34, blocked 4 more.
+    final = simulate(pattern(10, payloads, tau=2), **(kw | {"final_sync": True}))
+    assert (final.rounds, final.wall_s, final.blocked_s) == (5, pytest.approx(34.0), 4 * 3.5)
+    assert final.bytes_per_group == tl.bytes_per_group + 2 * 2_000_000
     # Steady state: steps 11..20 (the second period), no flush. It holds the applies after steps
     # 12 and 17 (blocked 2 each) and the sends after 15 and 20: wall 14 for 10 s of compute.
     steady = simulate(
@@ -115,7 +121,7 @@ def test_matches_the_round_by_round_closed_form():
         for p in sched.sends(s):
             need = link.transfer_s(payloads[p]) + link.transfer_s((m - 1) * payloads[p])
             expected += max(0.0, need - min(tau, steps - s) * step_s)
-    tl = simulate(pat, groups=m, steps=steps, step_s=step_s, link=link)
+    tl = simulate(pat, groups=m, steps=steps, step_s=step_s, link=link, final_sync=False)
     assert tl.blocked_s == pytest.approx(expected)
     assert tl.wall_s == pytest.approx(steps * step_s + expected)
 
@@ -126,8 +132,11 @@ def test_rounds_follow_the_engine_schedule(kind):
     pat = CommPattern("s", h, f, tau, (1000, 1000, 1000), kind)
     sched = Schedule(h, f, tau, kind)
     sends = sum(len(sched.sends(s)) for s in range(1, steps + 1))
-    tl = simulate(pat, groups=2, steps=steps, step_s=1.0, link=MB_1S)
+    tl = simulate(pat, groups=2, steps=steps, step_s=1.0, link=MB_1S, final_sync=False)
     assert tl.rounds == sends  # every send is applied: in its step or by finish()
+    # the final sync adds one round for each fragment not sent at the last step
+    synced = simulate(pat, groups=2, steps=steps, step_s=1.0, link=MB_1S)
+    assert synced.rounds == sends + f - len(sched.sends(steps))
     steady = simulate(pat, groups=2, steps=steps, step_s=1.0, link=MB_1S, steady=True)
     assert steady.rounds == f * (steps // h - 1)  # F rounds per whole period after the first
 
@@ -160,6 +169,7 @@ MBPS = [1.0, 5.0, 20.0, 50.0, 100.0, 400.0, 2000.0]
 def test_overlap_4bit_and_bandwidth_never_lower_utilization(steady):
     v = ladder_variants()
     kw = {"groups": 2, "steps": 95, "step_s": 0.1, "latency_ms": 20.0, "steady": steady}
+    kw["final_sync"] = False  # a short run's last round, which nothing can hide, would dominate
     util = {
         name: [t.utilization for t in utilization_curve(pat, MBPS, **kw)] for name, pat in v.items()
     }

@@ -160,6 +160,11 @@ class OuterConfig:
     state_device: Literal["cpu", "model"] = _f(
         "cpu", "where the fp32 global copy and outer momentum live (cpu saves accelerator memory)"
     )
+    final_sync: bool = _f(
+        True,
+        "after the last step, also sync every fragment the schedule did not just send, so the "
+        "final global model holds all training (false: torchft's behaviour, step for step)",
+    )
 
 
 @dataclass

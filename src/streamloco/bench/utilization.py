@@ -167,6 +167,7 @@ def simulate(
     hide_s: float = 0.0,
     collective: Collective = "allgather",
     steady: bool = False,
+    final_sync: bool = True,
 ) -> Timeline:
     """Walk `steps` inner steps of one group and time every exchange on its link.
 
@@ -179,8 +180,9 @@ def simulate(
 
     steady=False: the finite run exactly as the engine does it, `finish()` included (everything
     still in flight is applied after the last step, blocking for all of it): compare with measured
-    runs. steady=True: only the whole H-periods after the first (steps H+1 .. kH, k = steps // H
-    >= 2) and no final flush: the steady state, for extrapolation.
+    runs; `final_sync` as the engine's option of that name. steady=True: only the whole
+    H-periods after the first (steps H+1 .. kH, k = steps // H >= 2) and no final flush: the
+    steady state, for extrapolation.
     """
     if groups < 1 or steps < 1:
         raise ValueError(f"simulate: need groups >= 1 and steps >= 1, got {groups}, {steps}")
@@ -214,22 +216,31 @@ def simulate(
         blocked += wait * counted
         rounds += counted
 
+    def send(p: int, sent: float, counted: bool) -> None:
+        nonlocal moved
+        first, _, both = sizes[p]
+        # A ring of zero bytes (M=1) waits for nothing; an upload to the broker pays latency
+        # even then, as in the in-process hub.
+        in_flight[p] = sent if collective == "ring" and not first else clock.upload(sent, first)
+        moved += both * counted
+
     for s in range(1, window[1] + 1):
         t = s * step_s + blocked_all
         counted = s > window[0]
         for p in sched.sends(s):
-            first, _, both = sizes[p]
-            sent = t - hide_s
-            # A ring of zero bytes (M=1) waits for nothing; an upload to the broker pays latency
-            # even then, as in the in-process hub.
-            in_flight[p] = sent if collective == "ring" and not first else clock.upload(sent, first)
-            moved += both * counted
+            send(p, t - hide_s, counted)
         for p in sched.applies(s):
             if p in in_flight:
                 apply(p, counted)
     if not steady:
         for p in sorted(in_flight):
             apply(p, True)
+        if final_sync:  # the engine's finish(): the fragments not sent at the last step
+            rest = [p for p in range(pattern.fragments) if p not in sched.sends(steps)]
+            for p in rest:
+                send(p, t, True)
+            for p in rest:
+                apply(p, True)
     compute = (window[1] - window[0]) * step_s
     return Timeline(compute + blocked, compute, blocked, rounds, moved)
 
@@ -488,6 +499,7 @@ def utilization_curve(
     hide_s: float = 0.0,
     collective: Collective = "allgather",
     steady: bool = False,
+    final_sync: bool = True,
 ) -> list[Timeline]:
     """One Timeline per bandwidth (Mbit/s per group; 0 = unlimited, as in `LinkModel`), by
     default the finite run as our engine does it: the model column of a measured-vs-model
@@ -502,6 +514,7 @@ def utilization_curve(
             hide_s=hide_s,
             collective=collective,
             steady=steady,
+            final_sync=final_sync,
         )
         for mbps in bandwidths_mbps
     ]

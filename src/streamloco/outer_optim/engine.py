@@ -67,6 +67,7 @@ class EngineOptions:
     pattern: str = "strided"
     schedule: str = "streaming"
     state_device: str = "cpu"
+    final_sync: bool = True
     timeout_s: float = 600.0
 
     @classmethod
@@ -158,8 +159,22 @@ class StreamingEngine:
         return events
 
     def finish(self) -> list[SyncEvent]:
-        """Apply every exchange still in flight (call once after the last inner step)."""
-        return [self._apply(p) for p in sorted(self.in_flight)]
+        """Apply every exchange still in flight (call once after the last inner step).
+
+        With `final_sync`, every fragment not sent at this step is then sent and applied too.
+        The schedule alone leaves each fragment's steps since its last send out of the global
+        parameters (up to H - H/F steps: half the last 100 steps of one fragment at H=100, F=2),
+        and the global parameters are the model a run delivers and is evaluated on.
+        """
+        events = [self._apply(p) for p in sorted(self.in_flight)]
+        if self.options.final_sync:
+            rest = [p for p in range(self.options.fragments) if p not in self._sent_now()]
+            events += [self._send(p) for p in rest]
+            events += [self._apply(p) for p in rest]
+        return events
+
+    def _sent_now(self) -> list[int]:
+        return self.schedule.sends(self.step_count) if self.step_count else []
 
     @property
     def idle(self) -> bool:
