@@ -313,10 +313,10 @@ def test_targets_utilization_and_extrapolation_sections(results):
     assert "- ❌ missed: Streaming at least 300x fewer bytes (value 160, target 300)" in md
 
     header = table_row(md, "variant")
-    assert header[1:3] == ["25 Mbit/s measured", "25 Mbit/s model"]
+    assert header[1:4] == ["s/step", "25 Mbit/s measured", "25 Mbit/s model"]
     assert header[-1] == "1,000 Mbit/s model"
-    assert table_row(md, "DP")[1:] == ["4.1%", "4.3%", "30.0%", "31.0%", "—", "62.0%"]
-    assert table_row(md, "Streaming")[3:5] == ["98.5%", "99.0%"]
+    assert table_row(md, "DP")[2:] == ["4.1%", "4.3%", "30.0%", "31.0%", "—", "62.0%"]
+    assert table_row(md, "Streaming")[4:6] == ["98.5%", "99.0%"]
     assert "20 ms latency" in md
 
     assert "- collective: ring" in md and "- H: 100" in md

@@ -154,7 +154,6 @@ def cmd_tokenizer_report(args: argparse.Namespace, overrides: list[str]) -> int:
 
 def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> int:
     import datetime as dt
-    import json
     import shlex
 
     from streamloco.bench import report
@@ -164,11 +163,7 @@ def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> int:
         saved = args.report_only / "results.json"
         if not saved.is_file():
             raise ValueError(f"--report-only {args.report_only}: no results.json there")
-        try:
-            results = json.loads(saved.read_text(encoding="utf-8"))
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{saved}: not valid JSON: {e}") from None
-        for path in report.write_report(results, args.report_only):
+        for path in report.write_report(report.read_results(saved), args.report_only):
             print(path)
         return 0
     if args.config is not None and args.preset is not None:

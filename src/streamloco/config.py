@@ -336,6 +336,16 @@ def _parse_override(arg: str) -> tuple[str, Any]:
     return key, value
 
 
+def read_toml(path: Path, what: str) -> dict[str, Any]:
+    """A TOML file as a dict; ValueError naming `what` and the file if missing or invalid."""
+    if not path.is_file():
+        raise ValueError(f"{what} {path} does not exist")
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except tomllib.TOMLDecodeError as e:
+        raise ValueError(f"{what} {path}: invalid TOML: {e}") from None
+
+
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> Config:
@@ -343,12 +353,7 @@ def load_config(
     data: dict[str, dict[str, Any]] = {}
     if path is not None:
         path = Path(path)
-        if not path.is_file():
-            raise ValueError(f"config file {path} does not exist")
-        try:
-            data = tomllib.loads(path.read_text(encoding="utf-8"))
-        except tomllib.TOMLDecodeError as e:
-            raise ValueError(f"config file {path}: invalid TOML: {e}") from None
+        data = read_toml(path, "config file")
     for arg in overrides:
         key, value = _parse_override(arg)
         section, name = key.split(".")

@@ -613,12 +613,14 @@ def _utilization(results: dict, image: str | None) -> list[str]:
         "(" + DASH + " = not measured), *model* from the analytical model.",
         "",
     ]
-    header = ["variant"]
+    # each variant's compute time per step, from its own unlimited-link run (the model's input)
+    per_step = {r["variant"]: r.get("step_s") for r in rows}
+    header = ["variant", "s/step"]
     for b in bandwidths:
         header += [f"{num(b)} Mbit/s measured", f"{num(b)} Mbit/s model"]
     body = []
     for v in variants:
-        line = [v]
+        line = [v, num(per_step[v]) if per_step[v] is not None else DASH]
         for b in bandwidths:
             r = cell.get((v, b))
             line += [pct(r["measured"]) if r else "", pct(r["model"]) if r else ""]

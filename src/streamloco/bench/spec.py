@@ -15,12 +15,11 @@ groups would all-reduce. Pure: no Ray, no torch.
 from __future__ import annotations
 
 import dataclasses
-import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from streamloco.config import Config, from_dict
+from streamloco.config import Config, from_dict, read_toml
 
 PRESETS_DIR = Path("configs") / "bench"
 
@@ -132,12 +131,7 @@ def load_bench(path: Path, overrides: list[str] = ()) -> tuple[BenchConfig, Conf
     """
     from streamloco.config import _parse_override
 
-    if not path.is_file():
-        raise ValueError(f"bench config {path} does not exist")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except tomllib.TOMLDecodeError as e:
-        raise ValueError(f"bench config {path}: invalid TOML: {e}") from None
+    data = read_toml(path, "bench config")
     bench_data = dict(data.pop("bench", {}))
     for arg in overrides:
         key, value = _parse_override(arg)
@@ -148,9 +142,7 @@ def load_bench(path: Path, overrides: list[str] = ()) -> tuple[BenchConfig, Conf
     except ValueError as e:
         raise ValueError(f"{path}: {e}") from None
     base_path = Path(bench.base)
-    if not base_path.is_file():
-        raise ValueError(f"{path}: bench.base: training config {base_path} does not exist")
-    merged = tomllib.loads(base_path.read_text(encoding="utf-8"))
+    merged = read_toml(base_path, f"{path}: bench.base: training config")
     for section, values in data.items():
         if not isinstance(values, dict):
             raise ValueError(f"{path}: {section}: expected a table of keys")
