@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo data test lint format bench clean
+.PHONY: setup demo data test lint format bench results clean
 SL := $(VENV)/bin/streamloco
 
 $(VENV)/.installed: pyproject.toml
@@ -37,6 +37,10 @@ data: setup data/shards/manifest.json
 # Each demo run gets its own run directory (a second `make demo` must not trip over the first).
 demo: data
 	$(SL) train --config configs/demo.toml --run.name=demo-$$(date +%Y%m%d-%H%M%S)
+
+# The Streaming DiLoCo comparison of docs/results.md (~50 min on 2 cores; `--preset quick` ~10).
+results: data
+	$(SL) bench --preset default
 
 test: setup
 	$(VENV)/bin/ruff check .
