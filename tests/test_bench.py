@@ -86,6 +86,33 @@ def test_bench_command_line_errors(repo_root, tmp_path, capsys):
     assert not (tmp_path / "results.md").exists()
 
 
+def test_targets_cover_every_streaming_run_with_or_without_zstd():
+    from streamloco.bench.run import targets
+    from streamloco.bench.spec import BenchConfig
+
+    def row(label, h, zstd, gap, ratio):
+        return {
+            "label": label,
+            "method": "streaming",
+            "groups": 2,
+            "H": h,
+            "zstd": zstd,
+            "loss_gap_vs_ddp": gap,
+            "ratio_vs_ddp_bf16": ratio,
+        }
+
+    ddp = {"label": "DDP", "method": "ddp"}
+    plain = [row("S30", 30, False, 0.005, 100.0), row("S100", 100, False, 0.02, 380.0)]
+    bench = BenchConfig(groups=[2], streaming_sync_every=[30, 100])
+    found = [(t["what"].split(":")[0], t["met"]) for t in targets([ddp, *plain], bench)]
+    assert found == [("S30 at M=2", True), ("S100 at M=2", False), ("S100 at M=2", False)]
+    # with zstd rows: the loss is judged once per run, the bytes of both rows at the largest H
+    zstd = [row("S30 + zstd", 30, True, 0.005, 120.0), row("S100 + zstd", 100, True, 0.02, 450.0)]
+    found = targets([ddp, plain[0], zstd[0], plain[1], zstd[1]], bench)
+    assert [t["met"] for t in found] == [True, False, False, True]
+    assert found[-1]["what"] == "S100 + zstd at M=2: at least 400x fewer bytes than bf16 DDP"
+
+
 def _synthetic(*args: str):
     return load_config(
         None,

@@ -184,33 +184,33 @@ def _compare_with_ddp(rows: list[dict], bench: BenchConfig, params: int, steps: 
 
 
 def targets(rows: list[dict], bench: BenchConfig) -> list[dict]:
-    """The issue's targets, each with the measured value and whether it was met."""
+    """The issue's targets, each with the measured value and whether it was met: the loss of
+    every streaming run against DDP, and the bytes of the largest H (with and without zstd)."""
     out = []
     h_max = max(bench.streaming_sync_every)
     for r in rows:
-        if r["method"] != "streaming" or r["derived_from"] is None:
-            continue  # the 4-bit rows without zstd: the loss (same run) and the plain bytes
-        limit = bench.max_gap[str(r["groups"])]
-        out.append(
-            {
-                "what": f"{r['label']} at M={r['groups']}: eval loss within {limit:.0%} of DDP",
-                "value": r["loss_gap_vs_ddp"],
-                "target": limit,
-                "met": r["loss_gap_vs_ddp"] <= limit,
-            }
-        )
+        if r["method"] != "streaming":
+            continue
+        if not r["zstd"]:  # a zstd row repeats the loss of its plain twin: one target per run
+            limit = bench.max_gap[str(r["groups"])]
+            out.append(
+                {
+                    "what": f"{r['label']} at M={r['groups']}: eval loss within {limit:.0%} of DDP",
+                    "value": r["loss_gap_vs_ddp"],
+                    "target": limit,
+                    "met": r["loss_gap_vs_ddp"] <= limit,
+                }
+            )
         if r["H"] == h_max:
-            zstd = next(z for z in rows if z["id"] == r["derived_from"])
-            for row in (r, zstd):
-                out.append(
-                    {
-                        "what": f"{row['label']} at M={row['groups']}: at least "
-                        f"{bench.min_ratio_vs_bf16:.0f}x fewer bytes than bf16 DDP",
-                        "value": row["ratio_vs_ddp_bf16"],
-                        "target": bench.min_ratio_vs_bf16,
-                        "met": row["ratio_vs_ddp_bf16"] >= bench.min_ratio_vs_bf16,
-                    }
-                )
+            out.append(
+                {
+                    "what": f"{r['label']} at M={r['groups']}: at least "
+                    f"{bench.min_ratio_vs_bf16:.0f}x fewer bytes than bf16 DDP",
+                    "value": r["ratio_vs_ddp_bf16"],
+                    "target": bench.min_ratio_vs_bf16,
+                    "met": r["ratio_vs_ddp_bf16"] >= bench.min_ratio_vs_bf16,
+                }
+            )
     return out
 
 
