@@ -40,13 +40,6 @@ def _say(text: str) -> None:
     print(f"streamloco bench: {text}", flush=True)
 
 
-def _connect() -> None:
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(log_to_driver=True, configure_logging=False)
-
-
 def _train(cfg: Config, run_dir: Path, progress: bool) -> RunResult:
     from streamloco.launcher.driver import train
 
@@ -107,10 +100,9 @@ def _record(spec: RunSpec, cfg: Config, res: RunResult) -> dict:
             return out
         o = cfg.outer
         col = 2 if before_zstd else 1
-        moved = (
-            statistics.fmean(sum(r[2] for r in g.rounds) for g in groups)
-            if before_zstd
-            else statistics.fmean(g.bytes_sent + g.bytes_received for g in groups)
+        moved = statistics.fmean(
+            g.bytes_by(steps, before_zstd=True) if before_zstd else g.bytes_sent + g.bytes_received
+            for g in groups
         )
         ddp = {name: ddp_bytes_per_group(res.params, m, steps, bits) for name, bits in BITS}
         out |= {
@@ -164,18 +156,15 @@ def quality_runs(
             )
         rows += record["rows"]
         params = record["params"]
-    _compare_with_ddp(rows, bench, params, cfg.train.steps)
+    _compare_with_ddp(rows, bench, params)
     return rows, params
 
 
-def _compare_with_ddp(rows: list[dict], bench: BenchConfig, params: int, steps: int) -> None:
+def _compare_with_ddp(rows: list[dict], bench: BenchConfig, params: int) -> None:
     ddp = next(r for r in rows if r["method"] == "ddp")
     ddp["baseline_for"] = list(bench.groups)
     ddp["ddp_bytes_per_step"] = {
-        str(m): {
-            name: ddp_bytes_per_group(params, m, 1, bits)
-            for name, bits in (("bf16", 16), ("fp32", 32))
-        }
+        str(m): {name: ddp_bytes_per_group(params, m, 1, bits) for name, bits in BITS}
         for m in bench.groups
     }
     for r in rows:
@@ -353,13 +342,14 @@ def run_bench(
 ) -> dict:
     """Everything the bench config asks for; writes results.json and the report into out_dir."""
     from streamloco.bench import report
+    from streamloco.launcher.driver import _connect as connect
     from streamloco.launcher.driver import preflight
 
     out_dir.mkdir(parents=True, exist_ok=True)
     preflight(cfg, out_dir / "runs", resume=False)  # data and tokenizer: fail before any run
     started = dt.datetime.now(dt.UTC)
     t0 = time.perf_counter()
-    _connect()
+    connect()  # the same Ray the driver uses: RAY_ADDRESS, a local head, or a new one
     if not bench.cpus and not bench.gpus:
         import ray
 
