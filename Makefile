@@ -6,7 +6,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.13.0
 
-.PHONY: setup demo data test lint format bench results clean
+.PHONY: setup demo data test test-fast lint format bench results clean
 SL := $(VENV)/bin/streamloco
 
 $(VENV)/.installed: pyproject.toml
@@ -42,10 +42,15 @@ demo: data
 results: data
 	$(SL) bench --preset default
 
+# The full suite (what CI runs): lint, then tests/unit and tests/integration (real local Ray).
 test: setup
 	$(VENV)/bin/ruff check .
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest
+
+# Day-to-day: tests/unit without the slow ones; no Ray, no subprocess CLI runs (~1.5 min).
+test-fast: setup
+	$(VENV)/bin/pytest tests/unit -m "not slow" -q
 
 lint: setup
 	$(VENV)/bin/ruff check .

@@ -1,8 +1,23 @@
-"""Shared fixtures: one local Ray instance serves every test that asks for it (~7 s to start)."""
+"""Shared fixtures and the test tiers.
+
+tests/unit: pure code, threads and gloo on loopback (no Ray); `make test-fast` runs it minus
+`slow`. tests/integration: a real local Ray, subprocesses, end to end; every test there is
+marked `integration`. One local Ray instance serves every test that asks for it (~7 s to start).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
+
+INTEGRATION = Path(__file__).parent / "integration"
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if INTEGRATION in Path(item.path).parents:
+            item.add_marker(pytest.mark.integration)
 
 
 @pytest.fixture(scope="session")

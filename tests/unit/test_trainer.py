@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import io
 import math
-from pathlib import Path
 
 import torch
 import torch.multiprocessing as mp
 
+from helpers import ROOT
 from streamloco.config import load_config
 from streamloco.outer_optim.optimizer import flatten
 from streamloco.outer_optim.transport import InProcessHub
 from streamloco.workers.trainer import Placement, Trainer
 
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
+SMOKE = ROOT / "configs" / "smoke.toml"
 LEARNABLE = ["--model.vocab_size=16", "--data.branching=2", "--train.groups=1"]
 
 

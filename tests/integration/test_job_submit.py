@@ -23,9 +23,10 @@ from pathlib import Path
 
 import pytest
 
+from helpers import ROOT
+
 pytestmark = [pytest.mark.ray, pytest.mark.timeout(240)]
 
-ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "scripts" / "submit_job.sh"
 VENV_BIN = Path(sys.executable).parent  # `ray` and the `python` a job's entrypoint runs
 HEAD_START_TIMEOUT_S = 90

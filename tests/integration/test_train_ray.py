@@ -9,13 +9,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from helpers import ROOT
 from streamloco.cli import main
 from streamloco.config import load_config
 from streamloco.launcher.driver import Plan, train
 
 pytestmark = pytest.mark.ray
 
-SMOKE = Path(__file__).resolve().parents[1] / "configs" / "smoke.toml"
+SMOKE = ROOT / "configs" / "smoke.toml"
 
 
 def _cfg(tmp_path: Path, *overrides: str):

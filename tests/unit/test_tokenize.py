@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import random
 from collections import Counter
 from pathlib import Path
 
@@ -12,6 +11,7 @@ import pytest
 import torch
 
 import streamloco.data_pipeline.tokenize as tokenize_mod
+from helpers import DOCS, OPTS, WORDS, _files
 from streamloco.atomic import TMP_MARK
 from streamloco.data_pipeline.documents import Document
 from streamloco.data_pipeline.loader import MixtureLoader
@@ -27,29 +27,6 @@ from streamloco.data_pipeline.tokenize import (
 from streamloco.tokenizer.model import Tokenizer, TokenizerOptions
 from streamloco.tokenizer.train import train_tokenizer
 
-_PHRASES = {
-    "nya": "moni bwanji zikomo kwambiri dzina langa ndi mulungu anati kuwala",
-    "oto": "hñä̱hñu nzaki ma̱ ra ya nu'bu ma hñä mbo̱ho",  # combining marks
-    "spa": "hola buenos días gracias el la de que y en dijo dios luz",
-}
-WORDS = {lang: phrase.split() for lang, phrase in _PHRASES.items()}
-
-
-def _corpus(n: int = 480, seed: int = 0) -> list[Document]:
-    rng = random.Random(seed)
-    langs = ["spa", "spa", "nya", "oto"]
-    docs = []
-    for i in range(n):
-        lang = langs[i % 4]
-        words = [rng.choice(WORDS[lang]) for _ in range(rng.randint(3, 40))]
-        docs.append(Document("  ".join(words) + "\n" + str(i), lang, f"mem/{lang}", i + 1))
-    docs.append(Document("\u200b", "nya", "mem/nya", n + 1))  # normalizes to nothing
-    return docs
-
-
-DOCS = _corpus()
-OPTS = dict(shard_tokens=900, validation_fraction=0.1, seed=7, progress=False, chunk_docs=40)
-
 
 @pytest.fixture(scope="module")
 def tok_path(tmp_path_factory) -> Path:
@@ -63,10 +40,6 @@ def reference(tmp_path_factory, tok_path: Path) -> Path:
     out = tmp_path_factory.mktemp("ref") / "data"
     tokenize_corpus(lambda: DOCS, tok_path, out, workers=1, **OPTS)
     return out
-
-
-def _files(out: Path) -> dict[str, bytes]:
-    return {str(p.relative_to(out)): p.read_bytes() for p in sorted(out.rglob("*")) if p.is_file()}
 
 
 def test_split_is_deterministic_and_close_to_fraction() -> None:

@@ -6,10 +6,10 @@ import pytest
 
 ray = pytest.importorskip("ray")
 
+from helpers import DOCS, OPTS, _files  # noqa: E402  (the corpus and options of unit/test_tokenize)
 from streamloco.data_pipeline.tokenize import tokenize_corpus  # noqa: E402
 from streamloco.tokenizer.model import TokenizerOptions  # noqa: E402
 from streamloco.tokenizer.train import train_tokenizer  # noqa: E402
-from test_tokenize import DOCS, OPTS, _files  # noqa: E402  (same corpus and options)
 
 pytestmark = pytest.mark.ray
 

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from streamloco.atomic import TMP_MARK
-from streamloco.workers.checkpoint import (
+from streamloco.launcher.checkpoint import (
     CheckpointError,
     CheckpointWarning,
     list_checkpoints,
@@ -192,7 +192,7 @@ def test_hard_crash_mid_write_leaves_only_a_temporary(tmp_path):
         f"""
         import os, torch
         from pathlib import Path
-        from streamloco.workers.checkpoint import save_checkpoint
+        from streamloco.launcher.checkpoint import save_checkpoint
         real_save = torch.save
         def dying_save(obj, f, *a, **k):
             real_save({{"partial": torch.zeros(1000)}}, f)
@@ -221,7 +221,7 @@ def test_hard_crash_while_replacing_a_step_restores_the_old_one(tmp_path):
         f"""
         import os, torch
         from pathlib import Path
-        from streamloco.workers.checkpoint import save_checkpoint
+        from streamloco.launcher.checkpoint import save_checkpoint
         real_rename = os.rename
         def rename(src, dst):
             real_rename(src, dst)

@@ -208,7 +208,7 @@ def _sim_cfg(m: int, **outer):
     return load_config(None, base + overrides)
 
 
-@pytest.mark.parametrize("m", [2, 4])
+@pytest.mark.parametrize("m", [2, pytest.param(4, marks=pytest.mark.slow)])
 def test_streaming_4bit_trains_and_ends_near_diloco_fp32(m):
     diloco = run_simulation(_sim_cfg(m, fragments=1, codec="fp32"))
     stream = run_simulation(_sim_cfg(m, fragments=2, overlap=1, alpha=0.5, codec="e3m0"))

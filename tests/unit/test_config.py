@@ -1,13 +1,12 @@
 """Config tree: shipped configs load, overrides, and errors that name the key and the reason."""
 
-from pathlib import Path
-
 import pytest
 
+from helpers import ROOT
 from streamloco.config import Config, explain, from_dict, load_config
 
 # training configs (configs/bench/ holds bench files: tests/test_bench.py loads those)
-CONFIGS = sorted((Path(__file__).parent.parent / "configs").glob("*.toml"))
+CONFIGS = sorted((ROOT / "configs").glob("*.toml"))
 
 
 def test_there_are_shipped_configs():
