@@ -155,7 +155,7 @@ def test_a_killed_actor_stops_the_run_cleanly_and_keeps_the_checkpoint(local_ray
 
     import ray
 
-    from streamloco.workers.checkpoint import load_latest
+    from streamloco.launcher.checkpoint import load_latest
 
     cfg = _cfg(
         tmp_path,
