@@ -26,6 +26,20 @@ def _f(default: Any, doc: str) -> Any:
     return field(default=default, metadata={"doc": doc})
 
 
+# Named model shapes, built by workers/model.py (the MLP is SwiGLU, 8/3 * d_model rounded up to a
+# multiple of mlp_multiple_of). Parameter counts with tied embeddings at the reference vocab.
+MODEL_SIZES: dict[str, dict[str, int]] = {
+    # 1,058,016 params at vocab 4096 (664,800 non-embedding); head dim 24.
+    "tiny": dict(d_model=96, n_layers=6, n_heads=4, mlp_multiple_of=32),
+    # 36,837,888 params at vocab 32000 (20,453,888 non-embedding).
+    "35m": dict(d_model=512, n_layers=6, n_heads=8, mlp_multiple_of=256),
+    # 123,587,328 params at vocab 50304 (84,953,856 non-embedding); untied would be 162.2M.
+    "124m": dict(d_model=768, n_layers=12, n_heads=12, mlp_multiple_of=256),
+    # 990,455,808 params at vocab 32000 (924,919,808 non-embedding).
+    "1b": dict(d_model=2048, n_layers=18, n_heads=16, mlp_multiple_of=256),
+}
+
+
 @dataclass
 class ModelConfig:
     size: str = _f("tiny", "named model size: tiny, 35m, 124m, 1b (see workers/model.py)")
@@ -375,8 +389,6 @@ def _check(cond: bool, key: str, why: str) -> None:
 
 def validate(cfg: Config) -> None:
     """Cross-field checks; each failure names the key and the reason."""
-    from streamloco.workers.model import MODEL_SIZES
-
     m, t, i, o, tr = cfg.model, cfg.train, cfg.inner, cfg.outer, cfg.transport
     _check(m.size in MODEL_SIZES, "model.size", f"{m.size!r} is not one of {sorted(MODEL_SIZES)}")
     _check(m.vocab_size >= 2, "model.vocab_size", "must be >= 2")

@@ -170,7 +170,7 @@ def streaming_fragments(bench: BenchConfig, cfg: Config) -> int:
     (the paper's recommendation) and at least 2, so the schedule really streams."""
     if bench.fragments:
         return bench.fragments
-    from streamloco.workers.model import MODEL_SIZES
+    from streamloco.config import MODEL_SIZES
 
     return max(2, round(MODEL_SIZES[cfg.model.size]["n_layers"] / 3))
 

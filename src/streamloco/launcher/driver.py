@@ -26,10 +26,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from streamloco.config import Config, from_dict
+from streamloco.launcher.checkpoint import load_latest, save_checkpoint
 from streamloco.metrics import MetricsSink, NullSink, TensorBoardSink
 from streamloco.outer_optim.schedule import Schedule
 from streamloco.results import Collector, RunResult, human
-from streamloco.launcher.checkpoint import load_latest, save_checkpoint
 from streamloco.workers.model import model_args, param_count
 
 

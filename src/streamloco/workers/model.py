@@ -15,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from streamloco.config import MODEL_SIZES
+
 
 @dataclass(frozen=True)
 class ModelArgs:
@@ -42,19 +44,6 @@ def swiglu_hidden(d_model: int, multiple_of: int = 256) -> int:
     return multiple_of * math.ceil(8 * d_model / 3 / multiple_of)
 
 
-# Parameter counts are with tied embeddings (the default for every size) at the reference vocab.
-MODEL_SIZES: dict[str, dict] = {
-    # 1,058,016 params at vocab 4096 (664,800 non-embedding); head dim 24.
-    "tiny": dict(d_model=96, n_layers=6, n_heads=4, mlp_hidden=swiglu_hidden(96, 32)),
-    # 36,837,888 params at vocab 32000 (20,453,888 non-embedding).
-    "35m": dict(d_model=512, n_layers=6, n_heads=8, mlp_hidden=swiglu_hidden(512)),
-    # 123,587,328 params at vocab 50304 (84,953,856 non-embedding); untied would be 162.2M.
-    "124m": dict(d_model=768, n_layers=12, n_heads=12, mlp_hidden=swiglu_hidden(768)),
-    # 990,455,808 params at vocab 32000 (924,919,808 non-embedding).
-    "1b": dict(d_model=2048, n_layers=18, n_heads=16, mlp_hidden=swiglu_hidden(2048)),
-}
-
-
 def model_args(
     size: str, vocab_size: int, max_seq_len: int, tie_embeddings: bool | None = None
 ) -> ModelArgs:
@@ -62,7 +51,11 @@ def model_args(
     if size not in MODEL_SIZES:
         raise ValueError(f"unknown model size {size!r}; valid sizes: {', '.join(MODEL_SIZES)}")
     extra = {} if tie_embeddings is None else {"tie_embeddings": tie_embeddings}
-    return ModelArgs(vocab_size=vocab_size, max_seq_len=max_seq_len, **MODEL_SIZES[size], **extra)
+    shape = dict(MODEL_SIZES[size])
+    mlp_hidden = swiglu_hidden(shape["d_model"], shape.pop("mlp_multiple_of"))
+    return ModelArgs(
+        vocab_size=vocab_size, max_seq_len=max_seq_len, mlp_hidden=mlp_hidden, **shape, **extra
+    )
 
 
 def rope_tables(
