@@ -36,10 +36,10 @@ from pathlib import Path
 import numpy as np
 import sentencepiece as spm
 
-from streamloco.data_pipeline.documents import Document
 from streamloco.data_pipeline.manifest import load_manifest
 from streamloco.data_pipeline.shards import iter_shard_chunks, write_shard
 from streamloco.data_pipeline.tokenize import tokenize_corpus
+from streamloco.text.documents import Document
 from streamloco.tokenizer.model import Tokenizer, TokenizerOptions
 from streamloco.tokenizer.train import train_tokenizer
 from timing import median_time  # benchmarks/timing.py (scripts run from the repo root)

@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from streamloco.data_pipeline.corpus import CorpusSpec, iter_documents
-from streamloco.data_pipeline.documents import Document
 from streamloco.data_pipeline.tokenize import split_of
+from streamloco.text.documents import Document
 from streamloco.tokenizer.model import Tokenizer, TokenizerOptions
 from streamloco.tokenizer.report import fertility_report, format_report
 from streamloco.tokenizer.train import train_tokenizer

@@ -15,7 +15,7 @@ import zstandard
 
 from streamloco.data_pipeline import corpus
 from streamloco.data_pipeline.corpus import CorpusSpec, ReadStats, iter_documents
-from streamloco.data_pipeline.documents import CorpusError, Document
+from streamloco.text.documents import CorpusError, Document
 
 
 def write(path: Path, data: bytes) -> Path:

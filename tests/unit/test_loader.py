@@ -22,7 +22,7 @@ from streamloco.data_pipeline.manifest import (
     write_manifest,
 )
 from streamloco.data_pipeline.shards import write_shard
-from streamloco.tokenizer.sampling import temperature_weights
+from streamloco.text.mixture import temperature_weights
 
 OFFSET = 1_000_000
 # per language: train shard sizes (one empty shard on purpose) and validation sizes

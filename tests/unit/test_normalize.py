@@ -5,7 +5,7 @@ import unicodedata
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from streamloco.data_pipeline.normalize import NormalizeOptions, normalize
+from streamloco.text.normalize import NormalizeOptions, normalize
 
 
 def test_otomi_underline_variants_become_one_spelling():

@@ -6,14 +6,9 @@ import random
 
 import pytest
 
-from streamloco.data_pipeline.documents import Document
-from streamloco.tokenizer.sampling import (
-    MAX_REPEAT,
-    count_chars,
-    sample_budgets,
-    sample_documents,
-    temperature_weights,
-)
+from streamloco.text.documents import Document
+from streamloco.text.mixture import temperature_weights
+from streamloco.tokenizer.sampling import MAX_REPEAT, count_chars, sample_budgets, sample_documents
 
 
 def test_t1_is_proportional():

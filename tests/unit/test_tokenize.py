@@ -13,10 +13,8 @@ import torch
 import streamloco.data_pipeline.tokenize as tokenize_mod
 from helpers import DOCS, OPTS, WORDS, _files
 from streamloco.atomic import TMP_MARK
-from streamloco.data_pipeline.documents import Document
 from streamloco.data_pipeline.loader import MixtureLoader
 from streamloco.data_pipeline.manifest import load_manifest
-from streamloco.data_pipeline.normalize import normalize
 from streamloco.data_pipeline.shards import read_shard
 from streamloco.data_pipeline.tokenize import (
     JOURNAL_NAME,
@@ -24,6 +22,8 @@ from streamloco.data_pipeline.tokenize import (
     split_of,
     tokenize_corpus,
 )
+from streamloco.text.documents import Document
+from streamloco.text.normalize import normalize
 from streamloco.tokenizer.model import Tokenizer, TokenizerOptions
 from streamloco.tokenizer.train import train_tokenizer
 

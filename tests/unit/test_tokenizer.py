@@ -12,8 +12,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamloco.data_pipeline.documents import Document
-from streamloco.data_pipeline.normalize import NormalizeOptions, normalize
+from streamloco.text.documents import Document
+from streamloco.text.mixture import temperature_weights
+from streamloco.text.normalize import NormalizeOptions, normalize
 from streamloco.tokenizer.model import (
     BOS_ID,
     EOS_ID,
@@ -23,7 +24,6 @@ from streamloco.tokenizer.model import (
     TokenizerOptions,
 )
 from streamloco.tokenizer.report import fertility_report, format_report
-from streamloco.tokenizer.sampling import temperature_weights
 from streamloco.tokenizer.train import MAX_LINE_CHARS, split_line, train_tokenizer
 
 WORDS = {

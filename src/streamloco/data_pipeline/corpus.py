@@ -40,7 +40,7 @@ from typing import Any, BinaryIO, Literal
 
 import zstandard
 
-from streamloco.data_pipeline.documents import CorpusError, Document
+from streamloco.text.documents import CorpusError, Document
 
 Format = Literal["auto", "jsonl", "text", "parquet"]
 OnError = Literal["skip", "fail"]

@@ -53,7 +53,7 @@ import zstandard
 
 from streamloco.atomic import atomic_write_bytes
 from streamloco.data_pipeline.corpus import ReadStats
-from streamloco.data_pipeline.documents import CorpusError, Document
+from streamloco.text.documents import CorpusError, Document
 
 DEMO_LANGUAGES: dict[str, str] = {
     "nya": "Chichewa",

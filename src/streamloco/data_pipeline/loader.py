@@ -30,7 +30,7 @@ import torch
 
 from streamloco.data_pipeline.manifest import Manifest, ShardEntry
 from streamloco.data_pipeline.shards import iter_shard_chunks
-from streamloco.tokenizer.sampling import temperature_weights
+from streamloco.text.mixture import temperature_weights
 
 
 class _Cursor:

@@ -15,10 +15,10 @@ from pathlib import Path
 
 from streamloco.config import Config
 from streamloco.data_pipeline.corpus import CorpusSpec, ReadStats, iter_documents
-from streamloco.data_pipeline.documents import Document
 from streamloco.data_pipeline.manifest import Manifest
-from streamloco.data_pipeline.normalize import NormalizeOptions
 from streamloco.data_pipeline.tokenize import split_of, tokenize_corpus
+from streamloco.text.documents import Document
+from streamloco.text.normalize import NormalizeOptions
 
 
 def corpus_specs(cfg: Config) -> list[CorpusSpec]:

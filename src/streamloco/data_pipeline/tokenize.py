@@ -50,7 +50,6 @@ from typing import Any, Literal
 import numpy as np
 
 from streamloco.atomic import TMP_MARK, atomic_write
-from streamloco.data_pipeline.documents import Document
 from streamloco.data_pipeline.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -63,6 +62,7 @@ from streamloco.data_pipeline.manifest import (
 )
 from streamloco.data_pipeline.shards import write_shard
 from streamloco.progress import progress_bar
+from streamloco.text.documents import Document
 from streamloco.tokenizer.model import Tokenizer
 
 JOURNAL_NAME = "journal.jsonl"

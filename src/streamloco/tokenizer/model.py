@@ -38,7 +38,7 @@ from typing import Any, Literal
 
 import sentencepiece as spm
 
-from streamloco.data_pipeline.normalize import NormalizeOptions, normalize
+from streamloco.text.normalize import NormalizeOptions, normalize
 
 PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SPACE_SYMBOL = "\u2581"  # SentencePiece's stand-in for a space

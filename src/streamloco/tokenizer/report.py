@@ -26,7 +26,7 @@ from typing import Any
 
 import numpy as np
 
-from streamloco.data_pipeline.documents import Document
+from streamloco.text.documents import Document
 from streamloco.tokenizer.model import Tokenizer
 
 _BATCH = 256

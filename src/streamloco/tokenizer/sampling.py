@@ -2,7 +2,8 @@
 
 A language with ``n`` characters gets the weight ``p ∝ n^(1/T)`` (NLLB's rule): T=1 is
 proportional to the data, T→∞ is uniform, the default T=5 lifts small languages a lot while the
-big one still gets the largest share.
+big one still gets the largest share (`streamloco.text.mixture.temperature_weights`, the same
+rule the training mixture over shards uses).
 
 `sample_documents` turns the weights into a bounded training sample:
 
@@ -29,35 +30,15 @@ from __future__ import annotations
 
 import hashlib
 import heapq
-import math
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import replace
 
-from streamloco.data_pipeline.documents import Document
+from streamloco.text.documents import Document
+from streamloco.text.mixture import temperature_weights
 
 MAX_REPEAT = 10
 Docs = Iterable[Document] | Callable[[], Iterable[Document]]
-
-
-def temperature_weights(counts: Mapping[str, float], temperature: float) -> dict[str, float]:
-    """``p(lang) ∝ counts[lang]^(1/T)``, summing to 1 (languages with 0 get 0)."""
-    if not temperature > 0:
-        raise ValueError(f"temperature must be > 0 (1 = proportional), got {temperature}")
-    if not counts:
-        raise ValueError("temperature_weights: no languages")
-    bad = {k: v for k, v in counts.items() if v < 0}
-    if bad:
-        raise ValueError(f"temperature_weights: negative counts {bad}")
-    if not any(v > 0 for v in counts.values()):
-        raise ValueError(f"temperature_weights: all counts are zero ({sorted(counts)})")
-    # Log space: n^(1/T) of a 10^11-character language is fine in float64, but ratios stay
-    # accurate for any T this way.
-    logs = {k: math.log(v) / temperature for k, v in counts.items() if v > 0}
-    top = max(logs.values())
-    raw = {k: math.exp(logs[k] - top) if k in logs else 0.0 for k in counts}
-    total = sum(raw.values())
-    return {k: v / total for k, v in raw.items()}
 
 
 def _iterate(docs: Docs) -> Iterable[Document]:

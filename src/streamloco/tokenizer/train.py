@@ -29,8 +29,8 @@ from pathlib import Path
 import sentencepiece as spm
 
 from streamloco.atomic import atomic_write_bytes
-from streamloco.data_pipeline.documents import Document
-from streamloco.data_pipeline.normalize import normalize
+from streamloco.text.documents import Document
+from streamloco.text.normalize import normalize
 from streamloco.tokenizer.model import (
     BOS_ID,
     EOS_ID,
