@@ -15,7 +15,8 @@ import argparse
 
 import torch
 
-from streamloco.outer_optim.engine import EngineOptions, StreamingEngine, _InFlight
+from streamloco.config import OuterConfig
+from streamloco.outer_optim.engine import StreamingEngine, _InFlight
 from streamloco.outer_optim.transport import CompletedHandle, InProcessHub
 from streamloco.workers.model import Transformer, model_args
 from timing import median_time  # benchmarks/timing.py (scripts run from the repo root)
@@ -24,16 +25,15 @@ from timing import median_time  # benchmarks/timing.py (scripts run from the rep
 def bench_codec(
     model: Transformer, codec: str, groups: int, fragments: int, zstd: int, repeats: int
 ) -> list[tuple[int, int, float, float]]:
-    opts = EngineOptions(
+    opts = OuterConfig(
         sync_every=fragments * 10,
         fragments=fragments,
         overlap=0,
         alpha=0.5,
         codec=codec,
         zstd_level=zstd,
-        timeout_s=60,
     )
-    engine = StreamingEngine(model, opts, InProcessHub(1).transport(0))
+    engine = StreamingEngine(model, opts, InProcessHub(1).transport(0), timeout_s=60)
     gen = torch.Generator().manual_seed(0)
     rows = []
     for p in range(fragments):

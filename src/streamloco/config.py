@@ -16,7 +16,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from streamloco.outer_optim.codecs import CODEC_NAMES
+from streamloco.outer_optim.codecs import CODEC_NAMES, make_codec
+from streamloco.outer_optim.options import OptionError
+from streamloco.outer_optim.schedule import Schedule
 
 
 def _f(default: Any, doc: str) -> Any:
@@ -387,6 +389,16 @@ def _check(cond: bool, key: str, why: str) -> None:
         raise ValueError(f"{key}: {why}")
 
 
+def _check_outer_options(o: OuterConfig) -> None:
+    """The schedule's rules (H, F, tau) and the codec's (name, block size, zstd level) live in
+    their own classes; building them here is how config checks them, naming the key."""
+    try:
+        Schedule.of(o)
+        make_codec(o.codec, o.block_size, o.zstd_level)
+    except OptionError as e:
+        raise ValueError(f"outer.{e.option}: {e.why}") from None
+
+
 def validate(cfg: Config) -> None:
     """Cross-field checks; each failure names the key and the reason."""
     m, t, i, o, tr = cfg.model, cfg.train, cfg.inner, cfg.outer, cfg.transport
@@ -453,40 +465,21 @@ def validate(cfg: Config) -> None:
     )
     _check(0 <= i.min_lr_ratio <= 1, "inner.min_lr_ratio", "must be in [0, 1]")
     _check(i.grad_clip >= 0, "inner.grad_clip", "must be >= 0")
-    _check(o.sync_every >= 1, "outer.sync_every", f"H must be >= 1, got {o.sync_every}")
-    _check(o.fragments >= 1, "outer.fragments", f"F must be >= 1, got {o.fragments}")
     _check(
         o.enabled or t.groups == 1,
         "outer.enabled",
         f"false (no outer loop) needs train.groups = 1, got {t.groups}",
     )
+    _check_outer_options(o)
     n_layers = MODEL_SIZES[m.size]["n_layers"]
     _check(
         o.fragments <= n_layers,
         "outer.fragments",
         f"F={o.fragments} exceeds the {n_layers} transformer blocks of model.size={m.size!r}",
     )
-    _check(
-        o.sync_every % o.fragments == 0,
-        "outer.sync_every",
-        f"H={o.sync_every} must be a multiple of outer.fragments F={o.fragments}",
-    )
-    period = o.sync_every // o.fragments
-    _check(
-        0 <= o.overlap < period,
-        "outer.overlap",
-        f"tau={o.overlap} must be in [0, H/F={period}) so a fragment lands before the next sends",
-    )
     _check(0.0 <= o.alpha <= 1.0, "outer.alpha", f"must be in [0, 1], got {o.alpha}")
     _check(o.lr > 0, "outer.lr", "must be > 0")
     _check(0.0 <= o.momentum < 1.0, "outer.momentum", f"must be in [0, 1), got {o.momentum}")
-    _check(o.codec in CODEC_NAMES, "outer.codec", f"{o.codec!r} is not one of {CODEC_NAMES}")
-    _check(
-        o.block_size >= 2 and o.block_size % 2 == 0,
-        "outer.block_size",
-        f"must be an even number >= 2, got {o.block_size}",
-    )
-    _check(0 <= o.zstd_level <= 22, "outer.zstd_level", f"must be in [0, 22], got {o.zstd_level}")
     _check(tr.bandwidth_mbps >= 0, "transport.bandwidth_mbps", "must be >= 0 (0 = unlimited)")
     _check(tr.latency_ms >= 0, "transport.latency_ms", "must be >= 0")
     _check(tr.timeout_s > 0, "transport.timeout_s", "must be > 0")

@@ -14,12 +14,13 @@ import torch
 
 ray = pytest.importorskip("ray")
 
+from streamloco.config import OuterConfig  # noqa: E402
 from streamloco.launcher.ray_transport import (  # noqa: E402
     RayTransport,
     create_coordinator,
     get_coordinator,
 )
-from streamloco.outer_optim.engine import EngineOptions, StreamingEngine  # noqa: E402
+from streamloco.outer_optim.engine import StreamingEngine  # noqa: E402
 from streamloco.outer_optim.transport import (  # noqa: E402
     InProcessHub,
     LinkModel,
@@ -35,19 +36,24 @@ pytestmark = pytest.mark.ray
 ray.cloudpickle.register_pickle_by_value(sys.modules[__name__])
 
 VOCAB, SEQ, BATCH = 32, 16, 4
-ENGINE_OPTS = EngineOptions(
-    sync_every=4, fragments=2, overlap=1, alpha=0.5, codec="e3m0", zstd_level=3, timeout_s=30
+ENGINE_OPTS = OuterConfig(
+    sync_every=4,
+    fragments=2,
+    overlap=1,
+    alpha=0.5,
+    codec="e3m0",
+    zstd_level=3,
 )
 
 
 class Group:
     """One group's model, inner optimizer, data and engine (as in test_engine.py)."""
 
-    def __init__(self, transport: Transport, options: EngineOptions) -> None:
+    def __init__(self, transport: Transport, options: OuterConfig) -> None:
         torch.manual_seed(0)  # every group starts from the same initialization
         self.model = Transformer(model_args("tiny", VOCAB, SEQ))
         self.opt = torch.optim.AdamW(self.model.parameters(), lr=3e-3, foreach=False)
-        self.engine = StreamingEngine(self.model, options, transport)
+        self.engine = StreamingEngine(self.model, options, transport, timeout_s=30)
         language = MarkovLanguage(VOCAB, branching=2, seed=0)
         self.stream = SyntheticStream(language, BATCH, SEQ, seed=1, stream=transport.group)
 

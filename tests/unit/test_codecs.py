@@ -319,7 +319,7 @@ def test_unsupported_input_dtype_is_rejected():
 @pytest.mark.parametrize(
     ("kwargs", "word"),
     [
-        ({"name": "int3"}, "name"),
+        ({"name": "int3"}, "codec"),  # named as the config option it comes from
         ({"name": "int8", "block_size": 0}, "block_size"),
         ({"name": "e3m0", "block_size": 255}, "block_size"),
         ({"name": "int4", "block_size": 7}, "block_size"),
@@ -328,8 +328,9 @@ def test_unsupported_input_dtype_is_rejected():
     ],
 )
 def test_make_codec_rejects_bad_arguments_naming_them(kwargs, word):
-    with pytest.raises(ValueError, match=word):
+    with pytest.raises(ValueError, match=word) as err:
         make_codec(**kwargs)
+    assert err.value.option == word  # OptionError: config maps it to outer.<option>
 
 
 def small_payloads() -> list[tuple[str, bytes]]:

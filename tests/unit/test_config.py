@@ -55,6 +55,8 @@ def test_defaults_are_valid():
         ({"outer": {"alpha": 1.5}}, "outer.alpha", r"\[0, 1\]"),
         ({"outer": {"momentum": 1.0}}, "outer.momentum", r"\[0, 1\)"),
         ({"outer": {"codec": "int3"}}, "outer.codec", "not one of"),
+        ({"outer": {"codec": "e3m0", "block_size": 7}}, "outer.block_size", "even"),
+        ({"outer": {"zstd_level": 23}}, "outer.zstd_level", "0..22"),
         (
             {"train": {"batch_size": 9}, "cluster": {"ranks_per_group": 2}},
             "train.batch_size",
@@ -90,3 +92,10 @@ def test_file_errors_name_the_file(tmp_path):
 def test_malformed_override_is_rejected():
     with pytest.raises(ValueError, match=r"--section.key=value"):
         load_config(None, ["--fragments=2"])
+
+
+def test_odd_block_sizes_are_refused_only_where_the_codec_needs_even_ones():
+    # the rule lives in the codec (two 4-bit codes per byte); config asks it, nothing more
+    assert from_dict({"outer": {"codec": "int8", "block_size": 7}}).outer.block_size == 7
+    with pytest.raises(ValueError, match="outer.block_size: codec int4"):
+        from_dict({"outer": {"codec": "int4", "block_size": 7}})

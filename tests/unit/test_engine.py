@@ -11,8 +11,8 @@ from dataclasses import dataclass, replace
 import pytest
 import torch
 
-from streamloco.config import load_config
-from streamloco.outer_optim.engine import EngineOptions, StreamingEngine
+from streamloco.config import OuterConfig, load_config
+from streamloco.outer_optim.engine import StreamingEngine
 from streamloco.outer_optim.optimizer import flatten
 from streamloco.outer_optim.transport import InProcessHub
 from streamloco.simulate import run_simulation
@@ -61,11 +61,13 @@ class Replica:
         self.engine.load_state_dict(state["engine"])
 
 
-def make_replica(group: int, options: EngineOptions | None, hub: InProcessHub | None) -> Replica:
+def make_replica(group: int, options: OuterConfig | None, hub: InProcessHub | None) -> Replica:
     torch.manual_seed(0)  # every group starts from the same initialization
     model = Transformer(model_args("tiny", VOCAB, SEQ))
     opt = torch.optim.AdamW(model.parameters(), lr=3e-3, foreach=False)
-    engine = StreamingEngine(model, options, hub.transport(group)) if options else None
+    engine = (
+        StreamingEngine(model, options, hub.transport(group), timeout_s=30) if options else None
+    )
     return Replica(model, opt, engine, SyntheticStream(LANG, BATCH, SEQ, seed=1, stream=group))
 
 
@@ -89,7 +91,7 @@ def in_threads(fn, m: int) -> list:
     return results
 
 
-FP32_AVG = EngineOptions(
+FP32_AVG = OuterConfig(
     sync_every=1,
     fragments=1,
     overlap=0,
@@ -97,7 +99,6 @@ FP32_AVG = EngineOptions(
     lr=1.0,
     momentum=0.0,
     codec="fp32",
-    timeout_s=30,
 )
 
 
@@ -148,7 +149,7 @@ def test_lr1_no_momentum_alpha0_is_parameter_averaging(m):
 )
 def test_every_group_holds_bit_identical_globals_after_every_apply(m, codec, tau, schedule):
     hub = InProcessHub(m)
-    opts = EngineOptions(
+    opts = OuterConfig(
         sync_every=12,
         fragments=3,
         overlap=tau,
@@ -156,7 +157,6 @@ def test_every_group_holds_bit_identical_globals_after_every_apply(m, codec, tau
         codec=codec,
         zstd_level=3,
         schedule=schedule,
-        timeout_s=30,
     )
     replicas = [make_replica(g, opts, hub) for g in range(m)]
     seen: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -229,8 +229,12 @@ def test_streaming_4bit_trains_and_ends_near_diloco_fp32(m):
 
 def test_save_restore_mid_run_with_a_fragment_in_flight_is_bit_exact():
     m, total, cut = 2, 14, 4
-    opts = EngineOptions(
-        sync_every=8, fragments=2, overlap=1, alpha=0.5, codec="e3m0", timeout_s=30
+    opts = OuterConfig(
+        sync_every=8,
+        fragments=2,
+        overlap=1,
+        alpha=0.5,
+        codec="e3m0",
     )
     # Uninterrupted run.
     hub = InProcessHub(m)
@@ -264,14 +268,14 @@ def test_save_restore_mid_run_with_a_fragment_in_flight_is_bit_exact():
 
 def test_restore_rejects_state_of_a_different_plan():
     hub = InProcessHub(1)
-    a = make_replica(0, EngineOptions(sync_every=6, fragments=2, timeout_s=5), hub)
-    b = make_replica(0, EngineOptions(sync_every=6, fragments=3, timeout_s=5), hub)
+    a = make_replica(0, OuterConfig(sync_every=6, fragments=2), hub)
+    b = make_replica(0, OuterConfig(sync_every=6, fragments=3), hub)
     with pytest.raises(ValueError, match="fragment plan differs"):
         b.engine.load_state_dict(a.engine.state_dict())
 
 
 def test_global_state_names_match_the_model():
-    rep = make_replica(0, EngineOptions(sync_every=4, fragments=2, timeout_s=5), InProcessHub(1))
+    rep = make_replica(0, OuterConfig(sync_every=4, fragments=2), InProcessHub(1))
     state = rep.engine.global_state()
     assert set(state) == {n for n, _ in rep.model.named_parameters()}
     for name, p in rep.model.named_parameters():
@@ -287,15 +291,14 @@ def test_hierarchical_k_ranks_per_group_match_one_rank_bit_for_bit(k, codec, tau
     from streamloco.outer_optim.comm import ThreadHub
 
     m, steps = 2, 26  # 26: every fragment has landed (tau <= 2)
-    opts = EngineOptions(
+    opts = OuterConfig(
         sync_every=12,
         fragments=3,
         overlap=tau,
         alpha=0.5,
         codec=codec,
         block_size=block,
-        zstd_level=0 if codec == "fp32" else 3,  # fp32: exact sizes to compare below
-        timeout_s=30,
+        zstd_level=0 if codec == "fp32" else 3,  # fp32: exact sizes to compare below,
     )
 
     def run(ranks: int) -> tuple[list[Replica], list[dict]]:
@@ -306,7 +309,7 @@ def test_hierarchical_k_ranks_per_group_match_one_rank_bit_for_bit(k, codec, tau
             for r in range(ranks):
                 rep = make_replica(g, None, None)  # ranks of a group see the same data (as DDP)
                 rep.engine = StreamingEngine(
-                    rep.model, opts, hubs[r].transport(g), groups[g].comm(r)
+                    rep.model, opts, hubs[r].transport(g), groups[g].comm(r), timeout_s=30
                 )
                 reps.append(rep)
         in_threads(lambda i: reps[i].train(steps), m * ranks)
@@ -338,13 +341,15 @@ def test_hierarchical_k_ranks_per_group_match_one_rank_bit_for_bit(k, codec, tau
 def test_sharded_state_needs_a_round_boundary_and_restores_onto_any_k():
     from streamloco.outer_optim.comm import ThreadHub
 
-    opts = EngineOptions(sync_every=6, fragments=2, overlap=1, block_size=16, timeout_s=30)
+    opts = OuterConfig(sync_every=6, fragments=2, overlap=1, block_size=16)
 
     def group(k: int) -> list[Replica]:
         hubs, comms = [InProcessHub(1) for _ in range(k)], ThreadHub(k)
         reps = [make_replica(0, None, None) for _ in range(k)]
         for r, rep in enumerate(reps):
-            rep.engine = StreamingEngine(rep.model, opts, hubs[r].transport(0), comms.comm(r))
+            rep.engine = StreamingEngine(
+                rep.model, opts, hubs[r].transport(0), comms.comm(r), timeout_s=30
+            )
         return reps
 
     two = group(2)

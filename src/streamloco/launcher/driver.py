@@ -79,8 +79,8 @@ class Plan:
 
     @classmethod
     def build(cls, cfg: Config, start: int) -> Plan:
-        o, t = cfg.outer, cfg.train
-        sched = Schedule(o.sync_every, o.fragments, o.overlap, o.schedule)
+        t = cfg.train
+        sched = Schedule.of(cfg.outer)
         points = set()
         every = cfg.run.checkpoint_every
         if every:
@@ -539,8 +539,7 @@ class _Progress:
         self.cfg = cfg
         self.bar = progress_bar(cfg.train.steps, desc="train", unit="step", initial=start)
         self.tps: dict[int, float] = {}
-        o = cfg.outer
-        self.sched = Schedule(o.sync_every, o.fragments, o.overlap, o.schedule)
+        self.sched = Schedule.of(cfg.outer)
 
     def update(self, rep, collector: Collector) -> None:
         if rep.seconds > 0 and rep.tokens:

@@ -89,6 +89,7 @@ from typing import ClassVar
 import numpy as np
 import torch
 
+from streamloco.outer_optim.options import OptionError
 from streamloco.outer_optim.wire import (
     BLOCKED_CODECS,
     CODEC_NAMES,
@@ -165,18 +166,19 @@ class Codec:
 
     def __init__(self, block_size: int = 256, zstd_level: int = 0) -> None:
         if isinstance(block_size, bool) or not isinstance(block_size, int):
-            raise ValueError(f"block_size: expected an int, got {block_size!r}")
+            raise OptionError("block_size", f"expected an int, got {block_size!r}")
         if not 1 <= block_size <= MAX_BLOCK_SIZE:
-            raise ValueError(f"block_size: must be in 1..{MAX_BLOCK_SIZE}, got {block_size}")
+            raise OptionError("block_size", f"must be in 1..{MAX_BLOCK_SIZE}, got {block_size}")
         if self.name in NIBBLE_CODECS and block_size % 2:
-            raise ValueError(
-                f"block_size: codec {self.name} packs two codes per byte and needs an even "
-                f"block size, got {block_size}"
+            raise OptionError(
+                "block_size",
+                f"codec {self.name} packs two codes per byte and needs an even "
+                f"block size, got {block_size}",
             )
         if isinstance(zstd_level, bool) or not isinstance(zstd_level, int):
-            raise ValueError(f"zstd_level: expected an int, got {zstd_level!r}")
+            raise OptionError("zstd_level", f"expected an int, got {zstd_level!r}")
         if not 0 <= zstd_level <= 22:
-            raise ValueError(f"zstd_level: must be in 0..22 (0 = no zstd), got {zstd_level}")
+            raise OptionError("zstd_level", f"must be in 0..22 (0 = no zstd), got {zstd_level}")
         self.block_size = block_size
         self.zstd_level = zstd_level
 
@@ -557,7 +559,7 @@ def make_codec(name: str, block_size: int = 256, zstd_level: int = 0) -> Codec:
     """The codec `name` (one of CODEC_NAMES); ValueError naming the bad argument."""
     cls = _CODECS.get(name)
     if cls is None:
-        raise ValueError(f"name: unknown codec {name!r} (known: {', '.join(CODEC_NAMES)})")
+        raise OptionError("codec", f"{name!r} is not one of {', '.join(CODEC_NAMES)}")
     return cls(block_size, zstd_level)
 
 

@@ -44,36 +44,11 @@ from streamloco.outer_optim.codecs import Codec, make_codec
 from streamloco.outer_optim.comm import GroupComm, SoloComm, shard_bounds, shard_size
 from streamloco.outer_optim.fragments import FragmentPlan, partition
 from streamloco.outer_optim.optimizer import OuterSGD, flatten, merge_
+from streamloco.outer_optim.options import OuterOptions
 from streamloco.outer_optim.schedule import Schedule
 from streamloco.outer_optim.transport import CompletedHandle, Handle, Transport
 
 STATE_VERSION = 1
-
-
-@dataclass(frozen=True)
-class EngineOptions:
-    """The engine's slice of the config (mirrors `OuterConfig`, so tests need no config tree)."""
-
-    sync_every: int = 30
-    fragments: int = 1
-    overlap: int = 0
-    alpha: float = 0.0
-    lr: float = 0.7
-    momentum: float = 0.9
-    nesterov: bool = True
-    codec: str = "e3m0"
-    block_size: int = 128
-    zstd_level: int = 0
-    pattern: str = "strided"
-    schedule: str = "streaming"
-    state_device: str = "cpu"
-    final_sync: bool = True
-    timeout_s: float = 600.0
-
-    @classmethod
-    def from_config(cls, outer, timeout_s: float = 600.0) -> EngineOptions:
-        names = cls.__dataclass_fields__.keys() - {"timeout_s"}
-        return cls(**{n: getattr(outer, n) for n in names}, timeout_s=timeout_s)
 
 
 @dataclass(frozen=True)
@@ -116,16 +91,16 @@ class StreamingEngine:
     def __init__(
         self,
         model: nn.Module,
-        options: EngineOptions,
+        options: OuterOptions,
         transport: Transport,
         comm: GroupComm | None = None,
+        timeout_s: float = 600.0,
     ) -> None:
-        self.options = options
+        """`timeout_s`: how long an apply waits for its round's payloads (transport.timeout_s)."""
+        self.options, self.timeout_s = options, timeout_s
         self.transport = transport
         self.comm = comm or SoloComm()
-        self.schedule = Schedule(
-            options.sync_every, options.fragments, options.overlap, options.schedule
-        )
+        self.schedule = Schedule.of(options)
         self.codec: Codec = make_codec(options.codec, options.block_size, options.zstd_level)
         self.outer = OuterSGD(options.lr, options.momentum, options.nesterov)
         named = dict(model.named_parameters())
@@ -201,7 +176,7 @@ class StreamingEngine:
     def _apply(self, p: int) -> SyncEvent:
         flight = self.in_flight.pop(p)
         t0 = time.perf_counter()
-        payloads = flight.handle.wait(self.options.timeout_s)
+        payloads = flight.handle.wait(self.timeout_s)
         blocked = time.perf_counter() - t0
         lo, hi = self.shards[p]
         n = hi - lo
@@ -296,7 +271,7 @@ class StreamingEngine:
             )
         in_flight = {}
         for p, flight in self.in_flight.items():
-            payloads = flight.handle.wait(self.options.timeout_s)
+            payloads = flight.handle.wait(self.timeout_s)
             flight.handle = CompletedHandle(payloads)
             in_flight[p] = {
                 "send_step": flight.send_step,
@@ -366,10 +341,10 @@ class NoOuterLoop:
     the driver need no special case: the "global" parameters are the local model's own.
     """
 
-    def __init__(self, model: nn.Module, options: EngineOptions) -> None:
+    def __init__(self, model: nn.Module, options: OuterOptions) -> None:
         self.model, self.options = model, options
         # the driver still reads the schedule (chunk ends, progress); nothing is ever in flight
-        self.schedule = Schedule(options.sync_every, options.fragments, options.overlap)
+        self.schedule = Schedule.of(options)
         self.step_count = 0
 
     def step(self) -> list[SyncEvent]:

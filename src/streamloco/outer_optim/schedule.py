@@ -21,6 +21,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
+from streamloco.outer_optim.options import OptionError, OuterOptions
+
 
 @dataclass(frozen=True)
 class Schedule:
@@ -30,13 +32,26 @@ class Schedule:
     kind: Literal["streaming", "torchft"] = "streaming"
 
     def __post_init__(self) -> None:
+        """The schedule's rules, checked here only (the config layer asks this class)."""
         h, f, tau = self.sync_every, self.fragments, self.overlap
-        if h < 1 or f < 1 or h % f:
-            raise ValueError(f"schedule: H={h} must be a positive multiple of F={f}")
+        if h < 1:
+            raise OptionError("sync_every", f"H must be >= 1, got H={h}")
+        if f < 1:
+            raise OptionError("fragments", f"F must be >= 1, got F={f}")
+        if h % f:
+            raise OptionError("sync_every", f"H={h} must be a multiple of outer.fragments F={f}")
         if not 0 <= tau < h // f:
-            raise ValueError(f"schedule: overlap tau={tau} must be in [0, H/F={h // f})")
+            raise OptionError(
+                "overlap",
+                f"tau={tau} must be in [0, H/F={h // f}) so a fragment lands before the next sends",
+            )
         if self.kind not in ("streaming", "torchft"):
-            raise ValueError(f"schedule: unknown kind {self.kind!r}")
+            raise OptionError("schedule", f"unknown kind {self.kind!r} (streaming, torchft)")
+
+    @classmethod
+    def of(cls, options: OuterOptions) -> Schedule:
+        """The run's schedule: every caller builds it from the options this one way."""
+        return cls(options.sync_every, options.fragments, options.overlap, options.schedule)  # type: ignore[arg-type]
 
     @property
     def period(self) -> int:

@@ -27,7 +27,6 @@ from torch import nn
 from streamloco.config import Config
 from streamloco.outer_optim.comm import GroupComm, SoloComm
 from streamloco.outer_optim.engine import (
-    EngineOptions,
     NoOuterLoop,
     StreamingEngine,
     SyncEvent,
@@ -395,10 +394,11 @@ class Trainer:
 
     def _new_engine(self) -> StreamingEngine | NoOuterLoop:
         """The outer loop, whose global copy starts from the model as it is now."""
-        options = EngineOptions.from_config(self.cfg.outer, self.cfg.transport.timeout_s)
-        if not self.cfg.outer.enabled:
-            return NoOuterLoop(self.model, options)
-        return StreamingEngine(self.model, options, self.transport, self.comm)
+        outer = self.cfg.outer
+        if not outer.enabled:
+            return NoOuterLoop(self.model, outer)
+        timeout = self.cfg.transport.timeout_s
+        return StreamingEngine(self.model, outer, self.transport, self.comm, timeout)
 
     def state_dict(self) -> dict:
         """This rank's part of a checkpoint (a collective when K > 1; take it when idle).
