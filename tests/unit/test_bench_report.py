@@ -9,13 +9,10 @@ import struct
 
 import pytest
 
-from streamloco.bench.report import (
-    markdown,
-    read_results,
-    signed_pct,
-    validate,
-    write_report,
-)
+from streamloco.bench.formatting import signed_pct
+from streamloco.bench.markdown import markdown
+from streamloco.bench.report import write_report
+from streamloco.bench.schema import read_results, validate
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 LANGS = ["mix", "nah", "nya", "oto", "spa"]
@@ -347,7 +344,7 @@ def test_loss_plots_skip_or_draw_derived_rows(results, monkeypatch):
     """loss_vs_tokens leaves the derived row out, loss_vs_bytes draws it; DDP is per-step bf16."""
     from matplotlib.axes import Axes
 
-    from streamloco.bench import report
+    from streamloco.bench import plots
 
     drawn: list[tuple[str, list, list]] = []
     real_plot = Axes.plot
@@ -357,13 +354,13 @@ def test_loss_plots_skip_or_draw_derived_rows(results, monkeypatch):
         return real_plot(self, x, y, *args, **kw)
 
     monkeypatch.setattr(Axes, "plot", spy)
-    report.plot_loss_vs_tokens(results)
+    plots.plot_loss_vs_tokens(results)
     labels = [d[0] for d in drawn]
     assert "Streaming H=30 4-bit" not in labels and "Streaming H=30 4-bit + zstd" in labels
     assert labels.count("DDP") == 2  # one subplot per M
 
     drawn.clear()
-    report.plot_loss_vs_bytes(results)
+    plots.plot_loss_vs_bytes(results)
     by_label = {d[0]: d for d in drawn}
     assert "Streaming H=30 4-bit †" in by_label
     ddp = [d for d in drawn if d[0] == "DDP (bf16 all-reduce)"]
@@ -445,3 +442,10 @@ def test_signed_pct():
     assert signed_pct(0.008) == "+0.80%"
     assert signed_pct(-0.0031) == "-0.31%"
     assert signed_pct(None) == "—"
+
+
+def test_report_module_keeps_the_names_the_cli_and_the_bench_runner_call():
+    from streamloco.bench import report
+
+    assert report.markdown is markdown and report.read_results is read_results
+    assert report.write_report is write_report
