@@ -97,5 +97,5 @@ def test_malformed_override_is_rejected():
 def test_odd_block_sizes_are_refused_only_where_the_codec_needs_even_ones():
     # the rule lives in the codec (two 4-bit codes per byte); config asks it, nothing more
     assert from_dict({"outer": {"codec": "int8", "block_size": 7}}).outer.block_size == 7
-    with pytest.raises(ValueError, match="outer.block_size: codec int4"):
+    with pytest.raises(ValueError, match=r"outer\.block_size: codec int4"):
         from_dict({"outer": {"codec": "int4", "block_size": 7}})
