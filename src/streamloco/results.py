@@ -9,6 +9,8 @@ from dataclasses import dataclass, field
 import torch
 
 from streamloco.config import Config
+from streamloco.metrics import MetricsSink
+from streamloco.records import ChunkReport, RecordLog, RoundRecord, scalars, tag
 
 
 @dataclass
@@ -17,15 +19,17 @@ class GroupResult:
     bytes_sent: int = 0
     bytes_received: int = 0
     blocked_s: float = 0.0
-    quant_rel_error: list[float] = field(default_factory=list)
     global_state: dict[str, torch.Tensor] = field(default_factory=dict)
     faults: dict[str, int] = field(default_factory=dict)  # see Trainer.faults
-    # one [apply step, sent + received, the same before zstd] per outer round, in order
-    rounds: list[list[float]] = field(default_factory=list)
+    rounds: list[RoundRecord] = field(default_factory=list)  # every outer round, in order
 
-    def bytes_by(self, step: int, before_zstd: bool = False) -> float:
+    def bytes_by(self, step: int, before_zstd: bool = False) -> int:
         """Bytes this group moved in the rounds applied by `step` (a resumed run: since resume)."""
-        return sum(r[2 if before_zstd else 1] for r in self.rounds if r[0] <= step)
+        return sum(
+            r.bytes_before_zstd if before_zstd else r.bytes_moved
+            for r in self.rounds
+            if r.step <= step
+        )
 
 
 @dataclass
@@ -132,17 +136,25 @@ def summarize(cfg: Config, result: RunResult) -> str:
 
 
 class Collector:
-    """Folds the workers' chunk reports into the metrics sink and the run's result.
+    """Folds the workers' chunk reports into the metrics sink, the run's records.jsonl and the
+    run's result.
 
     Only rank 0's report of each group is used (every rank of a group reports the same group
     sums). Thread-safe, so simulated groups in threads can share one.
     """
 
     def __init__(
-        self, cfg: Config, sink, params: int, nll_floor: float | None = None, say=print
+        self,
+        cfg: Config,
+        sink: MetricsSink,
+        params: int,
+        nll_floor: float | None = None,
+        say=print,
+        log: RecordLog | None = None,
     ) -> None:
         self.cfg, self.sink, self.params, self.nll_floor = cfg, sink, params, nll_floor
         self.say = say  # where fault messages go (the console, above the progress bar)
+        self.log = log
         self.groups = [GroupResult() for _ in range(cfg.train.groups)]
         self.eval_history: list[tuple[int, float]] = []
         self.eval_by_lang: dict[str, float] = {}
@@ -151,25 +163,17 @@ class Collector:
         self.recoveries: list[tuple[int, int]] = []
         self._lock = threading.Lock()
 
-    def add(self, rep) -> None:
+    def add(self, rep: ChunkReport) -> None:
         if rep.rank != 0:
             return
-        from streamloco.workers.data_source import mean_loss
-
         with self._lock:
+            for name, value, step in scalars(rep, self.cfg.outer.lr):
+                self.sink.scalar(name, value, step)
+            if self.log is not None:
+                self.log.write(rep)
             res = self.groups[rep.group]
-            for tag, value, step in rep.scalars:
-                self.sink.scalar(tag, value, step)
-                if tag.startswith("train/loss/"):
-                    res.train_loss.append(value)
-                elif tag.startswith("outer/quant_rel_error/"):
-                    res.quant_rel_error.append(value)
-                elif tag.startswith("comm/round_bytes_sent/"):  # a round's tags come in order
-                    res.rounds.append([step, value, 0.0])
-                elif tag.startswith("comm/round_bytes_received/"):
-                    res.rounds[-1][1] += value
-                elif tag.startswith("comm/round_bytes_before_zstd/"):
-                    res.rounds[-1][2] = value
+            res.train_loss += rep.losses
+            res.rounds += rep.rounds
             res.bytes_sent, res.bytes_received = rep.bytes_sent, rep.bytes_received
             res.blocked_s = rep.blocked_s
             res.faults = dict(rep.faults)
@@ -177,9 +181,9 @@ class Collector:
                 self.say(f"streamloco: {line}")
             self.steps[rep.group] = rep.step
             self.tokens += rep.tokens
-            for step, by_lang in rep.evals:
-                self.eval_history.append((step, mean_loss(by_lang)))
-                self.eval_by_lang = dict(by_lang)
+            for ev in rep.evals:
+                self.eval_history.append((ev.step, ev.loss))
+                self.eval_by_lang = dict(ev.loss_by_lang)
             if rep.group == 0 and self.cfg.train.groups > 1:
                 self._versus_ddp(res, rep.step)
 
@@ -187,9 +191,9 @@ class Collector:
         """What DDP across the same groups would have moved by `step`, and our ratio to it."""
         moved = res.bytes_sent + res.bytes_received
         ddp = ddp_bytes_per_group(self.params, self.cfg.train.groups, step, 16)
-        self.sink.scalar("comm/ddp_bf16_bytes_per_group", ddp, step)
+        self.sink.scalar(tag("ddp_bytes"), ddp, step)
         if moved:
-            self.sink.scalar("comm/ratio_vs_ddp_bf16", ddp / moved, step)
+            self.sink.scalar(tag("ratio_vs_ddp"), ddp / moved, step)
 
     def recovered(self, group: int, nbytes: int) -> None:
         with self._lock:

@@ -18,6 +18,7 @@ import torch
 from streamloco.config import Config
 from streamloco.metrics import MemorySink, MetricsSink, NullSink, TensorBoardSink
 from streamloco.outer_optim.transport import InProcessHub, LinkModel
+from streamloco.records import RecordLog
 from streamloco.results import Collector, RunResult, human
 from streamloco.workers.data_source import build_data_source
 from streamloco.workers.model import model_args, param_count
@@ -25,7 +26,10 @@ from streamloco.workers.trainer import Placement, Trainer
 
 
 def run_simulation(
-    cfg: Config, sink: MetricsSink | None = None, progress: bool = False
+    cfg: Config,
+    sink: MetricsSink | None = None,
+    progress: bool = False,
+    log: RecordLog | None = None,
 ) -> RunResult:
     """Train cfg.train.groups replicas in threads; returns losses, bytes and global states."""
     torch.set_num_threads(cfg.train.threads)
@@ -37,7 +41,7 @@ def run_simulation(
     args = model_args(
         cfg.model.size, cfg.model.vocab_size, cfg.model.seq_len, cfg.model.tie_embeddings
     )
-    collector = Collector(cfg, sink or NullSink(), param_count(args), data.nll_floor)
+    collector = Collector(cfg, sink or NullSink(), param_count(args), data.nll_floor, log=log)
     # Built here, one after another: torch's global RNG is shared by all threads, so models
     # built concurrently would not get the same initialization.
     trainers = [
@@ -93,15 +97,19 @@ def _progress_bar(total: int):
 
 
 def run_and_report(cfg: Config, run_dir: Path | None, progress: bool = True) -> RunResult:
-    sink: MetricsSink
-    if run_dir is not None and cfg.run.tensorboard:
+    """A simulation that leaves what `train` leaves: config.toml, records.jsonl, TensorBoard."""
+    sink: MetricsSink = MemorySink()
+    log = None
+    if run_dir is not None:
         run_dir.mkdir(parents=True, exist_ok=True)
         (run_dir / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
-        sink = TensorBoardSink(run_dir / "tb")
-        sink.text("config", "```\n" + cfg.to_toml() + "\n```")
-    else:
-        sink = MemorySink()
+        log = RecordLog(run_dir / "records.jsonl")
+        if cfg.run.tensorboard:
+            sink = TensorBoardSink(run_dir / "tb")
+            sink.text("config", "```\n" + cfg.to_toml() + "\n```")
     try:
-        return run_simulation(cfg, sink, progress=progress)
+        return run_simulation(cfg, sink, progress=progress, log=log)
     finally:
         sink.close()
+        if log is not None:
+            log.close()

@@ -164,8 +164,8 @@ def test_zstd_is_lossless_so_one_run_gives_both_byte_counts():
         assert z.train_loss == p.train_loss
         moved = p.bytes_sent + p.bytes_received
         assert len(z.rounds) == len(p.rounds) == 9  # 8 scheduled + the final sync of one
-        assert sum(r[2] for r in z.rounds) == moved  # before zstd == what plain sent
-        assert [r[1] for r in p.rounds] == [r[2] for r in p.rounds]  # no zstd: the same
+        assert sum(r.bytes_before_zstd for r in z.rounds) == moved  # == what plain sent
+        assert [r.bytes_moved for r in p.rounds] == [r.bytes_before_zstd for r in p.rounds]
         assert z.bytes_sent + z.bytes_received < moved  # zstd shrank the 4-bit payloads
         assert z.bytes_by(20, before_zstd=True) == p.bytes_by(20) > 0
 

@@ -28,8 +28,8 @@ def test_chunk_boundaries_do_not_change_training():
     whole = one.train(60)
     reports = [many.train(until) for until in (7, 20, 21, 45, 60, 80)]
     assert whole.done and reports[4].done and reports[5].step == 60
-    loss = [v for t, v, _ in whole.scalars if t == "train/loss/group0"]
-    chunked = [v for r in reports for t, v, _ in r.scalars if t == "train/loss/group0"]
+    loss = whole.losses
+    chunked = [v for r in reports for v in r.losses]
     assert loss == chunked and len(loss) == 60
     assert torch.equal(
         flatten(list(one.model.parameters())), flatten(list(many.model.parameters()))
@@ -43,8 +43,8 @@ def test_bf16_autocast_trains_on_cpu():
         logits = trainer.model(torch.zeros(1, 4, dtype=torch.long))
     assert logits.dtype == torch.bfloat16
     rep = trainer.train(60)
-    (step, by_lang), *_ = rep.evals[-1:]
-    assert step == 60 and by_lang["synthetic"] < 0.75 * math.log(16)
+    last = rep.evals[-1]
+    assert last.step == 60 and last.loss_by_lang["synthetic"] < 0.75 * math.log(16)
 
 
 def _ddp_rank(rank: int, port: int, queue) -> None:
@@ -68,7 +68,7 @@ def _ddp_rank(rank: int, port: int, queue) -> None:
     result = {
         "local": flatten(list(trainer.model.parameters())),
         "global": torch.cat(trainer.engine.global_params),
-        "loss": [v for t, v, _ in rep.scalars if t == "train/loss/group0"],
+        "loss": rep.losses,
         "data": state["rank"]["data"],
         "momentum": momentum,
     }

@@ -99,7 +99,14 @@ def _record(spec: RunSpec, cfg: Config, res: RunResult) -> dict:
         if spec.method == "ddp":
             return out
         o = cfg.outer
-        col = 2 if before_zstd else 1
+        peak = max(
+            (
+                r.bytes_before_zstd if before_zstd else r.bytes_moved
+                for g in groups
+                for r in g.rounds
+            ),
+            default=0,
+        )
         moved = statistics.fmean(
             g.bytes_by(steps, before_zstd=True) if before_zstd else g.bytes_sent + g.bytes_received
             for g in groups
@@ -112,7 +119,7 @@ def _record(spec: RunSpec, cfg: Config, res: RunResult) -> dict:
             "codec": o.codec,
             "zstd": bool(o.zstd_level) and not before_zstd,
             "bytes_per_group": moved,
-            "peak_sync_bytes": max((r[col] for g in groups for r in g.rounds), default=0.0),
+            "peak_sync_bytes": peak,
             "ddp_bytes_per_group": ddp,
             "ratio_vs_ddp_bf16": ddp["bf16"] / moved if moved else None,
             "ratio_vs_ddp_fp32": ddp["fp32"] / moved if moved else None,
@@ -342,7 +349,7 @@ def run_bench(
 ) -> dict:
     """Everything the bench config asks for; writes results.json and the report into out_dir."""
     from streamloco.bench import report
-    from streamloco.launcher.driver import _connect as connect
+    from streamloco.launcher.cluster import connect
     from streamloco.launcher.driver import preflight
 
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -27,8 +27,10 @@ from pathlib import Path
 
 from streamloco.config import Config, from_dict
 from streamloco.launcher.checkpoint import load_latest, save_checkpoint
+from streamloco.launcher.cluster import connect
 from streamloco.metrics import MetricsSink, NullSink, TensorBoardSink
 from streamloco.outer_optim.schedule import Schedule
+from streamloco.records import RecordLog, tag
 from streamloco.results import Collector, RunResult, human
 from streamloco.workers.model import model_args, param_count
 
@@ -228,16 +230,6 @@ class _Groups:
             remove_placement_group(pg)
 
 
-def _connect() -> bool:
-    """ray.init() unless already connected; True if this call started the connection."""
-    import ray
-
-    if ray.is_initialized():
-        return False
-    ray.init(log_to_driver=True, configure_logging=False)
-    return True
-
-
 def train(
     cfg: Config,
     run_dir: Path,
@@ -265,8 +257,9 @@ def train(
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
 
-    started = _connect()
+    started = connect()
     sink: MetricsSink = NullSink()
+    log = RecordLog(run_dir / "records.jsonl", resume_step=start if state else None)
     groups = _Groups()
     try:
         groups.start(cfg, f"{cfg.run.name}-{uuid.uuid4().hex[:8]}")
@@ -279,7 +272,7 @@ def train(
             sink = TensorBoardSink(run_dir / "tb", purge_step=start + 1 if start else None)
             if not start:
                 sink.text("config", "```\n" + cfg.to_toml() + "\n```")
-                sink.hparams(_hparams(cfg), ["eval/loss", "comm/ratio_vs_ddp_bf16"])
+                sink.hparams(_hparams(cfg), [tag("eval_loss"), tag("ratio_vs_ddp")])
         args = model_args(
             cfg.model.size, cfg.model.vocab_size, cfg.model.seq_len, cfg.model.tie_embeddings
         )
@@ -288,7 +281,7 @@ def train(
             from streamloco.workers.data_source import build_data_source
 
             floor = build_data_source(cfg).nll_floor
-        collector = Collector(cfg, sink, param_count(args), floor)
+        collector = Collector(cfg, sink, param_count(args), floor, log=log)
         t0 = time.perf_counter()
         plan = Plan.build(cfg, start)
         driver = _Driver(cfg, groups, plan, start, collector, sink, run_dir, progress)
@@ -300,6 +293,7 @@ def train(
         return result
     finally:
         sink.close()
+        log.close()
         groups.close()
         if started:
             ray.shutdown()
@@ -420,7 +414,7 @@ class _Driver:
             return
         if g in self.recovering:
             took = time.monotonic() - self.recovering.pop(g)
-            self.sink.scalar("faults/recovery_s", took, rep.step)
+            self.sink.scalar(tag("recovery_s"), took, rep.step)
             self.say(f"group {g} is training again, {took:.1f}s after it was lost")
         if self.bar is not None:
             self.bar.update(rep, self.collector)
@@ -457,7 +451,7 @@ class _Driver:
         self.alive.discard(g)
         ray.get(self.groups.coordinator.leave.remote(g))
         self.say(f"group {g} rank {r} failed at step <= {step}: {_first_line(error)}")
-        self.sink.scalar("faults/groups_alive", len(self.alive), min(self.collector.steps))
+        self.sink.scalar(tag("groups_alive"), len(self.alive), min(self.collector.steps))
         for dead in [s for s, parts in self.parts.items() if any(k[0] == g for k in parts)]:
             self.parts.pop(dead)
             self.say(f"checkpoint at step {dead} skipped: group {g} failed while writing it")
@@ -494,9 +488,9 @@ class _Driver:
 
     def on_recovered(self, g: int, nbytes: int) -> None:
         self.alive.add(g)
-        self.sink.scalar("faults/recoveries", self.replacements, self.queued[g])
-        self.sink.scalar("faults/recovery_bytes", nbytes, self.queued[g])
-        self.sink.scalar("faults/groups_alive", len(self.alive), self.queued[g])
+        self.sink.scalar(tag("recoveries"), self.replacements, self.queued[g])
+        self.sink.scalar(tag("recovery_bytes"), nbytes, self.queued[g])
+        self.sink.scalar(tag("groups_alive"), len(self.alive), self.queued[g])
         self.collector.recovered(g, nbytes)
         if self.queued[g] < self.plan.steps and not any(
             v[1] == g and v[0] == "train" for v in self.pending.values()

@@ -7,7 +7,6 @@ training loop does not care which one it has.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -149,8 +148,3 @@ def _shard_source(cfg: Config) -> DataSource:
         groups=t.groups,
         batch_size=t.batch_size,
     )
-
-
-def mean_loss(losses: dict[str, float]) -> float:
-    """The overall eval loss: the plain mean over languages (each language counts the same)."""
-    return math.fsum(losses.values()) / len(losses)

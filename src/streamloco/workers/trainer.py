@@ -2,8 +2,8 @@
 
 The Ray actor (launcher/actors.py) owns one `Trainer` and forwards calls; `simulate` runs
 Trainers in threads. A caller drives it in chunks: `train(until)` runs inner steps up to `until`
-and returns a `Report` of what happened (metrics as (tag, value, step) scalars, byte counters,
-evaluation results), so metrics travel to whoever writes TensorBoard (the driver, which may sit on
+and returns a `ChunkReport` (records.py: losses, rounds, evaluations, byte counters as typed
+records), which travels to whoever writes TensorBoard and results (the driver, which may sit on
 another node than the workers).
 
 Inside a group of K ranks the model is wrapped in DDP (its gradients are all-reduced over the
@@ -15,11 +15,10 @@ collectives when K > 1.
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 import warnings
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
@@ -32,7 +31,8 @@ from streamloco.outer_optim.engine import (
     SyncEvent,
 )
 from streamloco.outer_optim.transport import Transport
-from streamloco.workers.data_source import DataSource, build_data_source, mean_loss
+from streamloco.records import ChunkReport, EvalRecord, RoundRecord, SendRecord
+from streamloco.workers.data_source import DataSource, build_data_source
 from streamloco.workers.inner import build_inner_optimizer
 from streamloco.workers.model import (
     Transformer,
@@ -48,26 +48,6 @@ class Placement:
     group: int
     rank: int = 0
     ranks: int = 1  # K: ranks in the group
-
-
-@dataclass
-class Report:
-    """What one `train(until)` call did, from the group's point of view (sums over its ranks)."""
-
-    group: int
-    rank: int
-    step: int
-    scalars: list[tuple[str, float, int]] = field(default_factory=list)
-    tokens: int = 0  # tokens the group processed in this chunk
-    seconds: float = 0.0  # wall time of this chunk
-    bytes_sent: int = 0  # cumulative, whole group
-    bytes_received: int = 0  # cumulative, whole group
-    blocked_s: float = 0.0  # cumulative time waiting for exchanges (mean over ranks)
-    loss: float = math.nan  # group mean training loss of the last step
-    evals: list[tuple[int, dict[str, float]]] = field(default_factory=list)  # (step, per lang)
-    done: bool = False  # the last step ran and every exchange has landed
-    messages: list[str] = field(default_factory=list)  # faults worth a console line
-    faults: dict[str, int] = field(default_factory=dict)  # cumulative counters of this group
 
 
 def build_model(cfg: Config, device: torch.device | str = "cpu") -> Transformer:
@@ -105,6 +85,24 @@ def resolve_device(requested: str) -> torch.device:
     if requested == "cuda" and not torch.cuda.is_available():
         raise ValueError("train.device: 'cuda' requested but this rank sees no GPU")
     return torch.device(requested)
+
+
+_ROUND_SUMS = ("bytes_sent", "bytes_received", "bytes_before_zstd")  # group totals of a round
+
+
+def _sum_over_ranks(rep: ChunkReport, k: int, device: torch.device) -> None:
+    """The group's numbers from its K ranks' (one all-reduce): bytes are summed, losses and the
+    blocked time averaged. Every rank holds the same records in the same order (they run the
+    same schedule), so the fields line up; they are read back by name, in the order written."""
+    from streamloco.workers.dist import all_reduce_sum
+
+    values = [*rep.losses, *(getattr(r, f) for r in rep.rounds for f in _ROUND_SUMS)]
+    values += [rep.bytes_sent, rep.bytes_received, rep.blocked_s]
+    summed = iter(all_reduce_sum(values, device))
+    rep.losses = [next(summed) / k for _ in rep.losses]
+    rep.rounds = [replace(r, **{f: int(next(summed)) for f in _ROUND_SUMS}) for r in rep.rounds]
+    rep.bytes_sent, rep.bytes_received = int(next(summed)), int(next(summed))
+    rep.blocked_s = next(summed) / k
 
 
 class Trainer:
@@ -158,35 +156,31 @@ class Trainer:
 
     # ---- training ------------------------------------------------------------------------------
 
-    def train(self, until: int) -> Report:
+    def train(self, until: int) -> ChunkReport:
         """Run inner steps up to `until` (capped at train.steps); finish the run at the end."""
-        cfg, g = self.cfg, self.where.group
+        cfg = self.cfg
         until = min(until, cfg.train.steps)
-        rep = Report(g, self.where.rank, self.step)
-        losses: list[float] = []
-        rounds: list[tuple] = []  # (fragment, step, sent, received, both before zstd)
+        rep = ChunkReport(self.where.group, self.where.rank, self.step + 1, self.step)
         t0 = time.perf_counter()
-        first = self.step + 1
         while self.step < until:
-            losses.append(self._inner_step())
+            rep.losses.append(self._inner_step())
             self.step += 1
             if self.step_delay_s:
                 time.sleep(self.step_delay_s)
-            if g == 0:
-                rep.scalars.append(("train/lr_inner", self.sched.get_last_lr()[0], self.step))
-            self._record(self.engine.step(), rep, rounds)
+            rep.lrs.append(self.sched.get_last_lr()[0])
+            self._record(self.engine.step(), rep)
             every = cfg.train.eval_every
             if self.evaluator and every and self.step % every == 0:
-                rep.evals.append((self.step, self.evaluate()))
+                rep.evals.append(EvalRecord(self.step, self.evaluate()))
         if self.step == cfg.train.steps and not self.finished:
-            self._record(self.engine.finish(), rep, rounds)
-            if self.evaluator and not (rep.evals and rep.evals[-1][0] == self.step):
-                rep.evals.append((self.step, self.evaluate()))
+            self._record(self.engine.finish(), rep)
+            if self.evaluator and not (rep.evals and rep.evals[-1].step == self.step):
+                rep.evals.append(EvalRecord(self.step, self.evaluate()))
             self.finished = True
         rep.done = self.finished
         rep.seconds = time.perf_counter() - t0
         rep.step = self.step
-        self._summarize(rep, first, losses, rounds)
+        self._summarize(rep)
         return rep
 
     def _inner_step(self) -> float:
@@ -202,13 +196,12 @@ class Trainer:
         self.sched.step()
         return loss.item()
 
-    def _record(self, events: list[SyncEvent], rep: Report, rounds: list) -> None:
+    def _record(self, events: list[SyncEvent], rep: ChunkReport) -> None:
         g = self.where.group
         for ev in events:
             if ev.kind == "send":
                 self._sent_at[ev.fragment] = ev.payload_bytes
-                tag = f"outer/delta_norm/group{g}/fragment{ev.fragment}"
-                rep.scalars.append((tag, ev.delta_norm, ev.step))
+                rep.sends.append(SendRecord(ev.fragment, ev.step, ev.delta_norm, ev.abstained))
                 if ev.abstained:
                     self.faults["abstained"] += 1
                     rep.messages.append(
@@ -218,19 +211,22 @@ class Trainer:
                 continue
             self.blocked_s += ev.blocked_s
             sent = self._sent_at.pop(ev.fragment, 0)
-            rounds.append(
-                (ev.fragment, ev.step, sent, max(ev.payload_bytes - sent, 0), ev.raw_bytes)
+            rep.rounds.append(
+                RoundRecord(
+                    fragment=ev.fragment,
+                    step=ev.step,
+                    sent_at=ev.sent_at,
+                    bytes_sent=sent,
+                    bytes_received=max(ev.payload_bytes - sent, 0),
+                    bytes_before_zstd=ev.raw_bytes,
+                    quant_rel_error=ev.quant_rel_error,
+                    mean_delta_norm=ev.mean_delta_norm,
+                    groups=ev.groups,
+                )
             )
             self._faults(ev, rep)
-            if g == 0:
-                rep.scalars += [
-                    (f"outer/quant_rel_error/fragment{ev.fragment}", ev.quant_rel_error, ev.step),
-                    (f"outer/mean_delta_norm/fragment{ev.fragment}", ev.mean_delta_norm, ev.step),
-                    ("outer/lr", self.cfg.outer.lr, ev.step),
-                    ("outer/groups_in_round", ev.groups, ev.step),
-                ]
 
-    def _faults(self, ev: SyncEvent, rep: Report) -> None:
+    def _faults(self, ev: SyncEvent, rep: ChunkReport) -> None:
         """Count what the engine left out; reset a group whose model went non-finite."""
         g = self.where.group
         self.faults["excluded"] += len(ev.excluded)
@@ -255,66 +251,18 @@ class Trainer:
                 "parameters, inner optimizer state cleared"
             )
 
-    def _summarize(self, rep: Report, first: int, losses: list[float], rounds: list) -> None:
+    def _summarize(self, rep: ChunkReport) -> None:
         """Turn this rank's chunk into the group's numbers (one small all-reduce when K > 1)."""
-        k, g = self.where.ranks, self.where.group
         stats = self.transport.stats
-        mine = [*losses, *(x for r in rounds for x in r[2:])]
-        mine += [stats.bytes_sent, stats.bytes_received, self.blocked_s]
-        if k > 1:
-            from streamloco.workers.dist import all_reduce_sum
-
-            mine = all_reduce_sum(mine, self.device)
-        n = len(losses)
-        group_losses = [x / k for x in mine[:n]]
-        per_round = mine[n:-3]
-        rep.bytes_sent, rep.bytes_received = int(mine[-3]), int(mine[-2])
-        rep.blocked_s = mine[-1] / k
-        rep.tokens = n * self.cfg.train.batch_size * self.cfg.model.seq_len
-        if group_losses:
-            rep.loss = group_losses[-1]
-        rep.scalars += [(f"train/loss/group{g}", v, first + i) for i, v in enumerate(group_losses)]
-        for i, (p, step, *_) in enumerate(rounds):
-            sent, received, raw = per_round[3 * i : 3 * i + 3]
-            rep.scalars += [
-                (f"comm/round_bytes_sent/group{g}", sent, step),
-                (f"comm/round_bytes_received/group{g}", received, step),
-                (f"comm/round_bytes_before_zstd/group{g}", raw, step),
-                (f"comm/round_fragment/group{g}", p, step),
-            ]
-        if rounds or rep.done:
-            rep.scalars += [
-                (f"comm/bytes_sent/group{g}", rep.bytes_sent, rep.step),
-                (f"comm/bytes_received/group{g}", rep.bytes_received, rep.step),
-                (f"outer/blocked_s/group{g}", rep.blocked_s, rep.step),
-            ]
-        self.faults["late"] = self.transport.stats.late
+        rep.bytes_sent, rep.bytes_received = stats.bytes_sent, stats.bytes_received
+        rep.blocked_s = self.blocked_s
+        if self.where.ranks > 1:
+            _sum_over_ranks(rep, self.where.ranks, self.device)
+        rep.tokens = len(rep.losses) * self.cfg.train.batch_size * self.cfg.model.seq_len
+        self.faults["late"] = stats.late
         rep.faults = dict(self.faults)
-        if rounds:
-            rep.scalars += [(f"faults/{k}/group{g}", v, rep.step) for k, v in self.faults.items()]
-        if n and rep.seconds > 0:
-            tps = rep.tokens / rep.seconds
-            rep.scalars.append((f"perf/tokens_per_s/group{g}", tps, rep.step))
-            if self.peak:
-                rep.scalars.append(
-                    (
-                        f"perf/mfu/group{g}",
-                        mfu(tps, self.args, self.cfg.model.seq_len, self.peak),
-                        rep.step,
-                    )
-                )
-        for step, by_lang in rep.evals:
-            loss = mean_loss(by_lang)
-            if len(by_lang) > 1:
-                for lang, v in by_lang.items():
-                    rep.scalars += [
-                        (f"eval/loss/{lang}", v, step),
-                        (f"eval/perplexity/{lang}", math.exp(min(v, 50.0)), step),
-                    ]
-            rep.scalars += [
-                ("eval/loss", loss, step),
-                ("eval/perplexity", math.exp(min(loss, 50.0)), step),
-            ]
+        if rep.losses and rep.seconds > 0 and self.peak:
+            rep.mfu = mfu(rep.tokens / rep.seconds, self.args, self.cfg.model.seq_len, self.peak)
 
     # ---- evaluation ----------------------------------------------------------------------------
 
