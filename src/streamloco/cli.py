@@ -123,10 +123,23 @@ def cmd_data_demo(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_data_tokenize(args: argparse.Namespace, overrides: list[str]) -> int:
+    import os
+
+    from streamloco.data_pipeline.executor import Executor, LocalExecutor
     from streamloco.data_pipeline.pipeline import manifest_summary, tokenize_from_config
 
     cfg = _load(args, overrides)
-    manifest = tokenize_from_config(cfg, progress=not args.no_progress)
+    kind, workers = cfg.data.executor, cfg.data.workers or None
+    if kind == "auto":  # a Ray job (or a shell pointed at a cluster) has RAY_ADDRESS set
+        kind = "ray" if os.environ.get("RAY_ADDRESS") else "processes"
+    executor: Executor
+    if kind == "ray":  # imported only here: a local run never pays for importing Ray
+        from streamloco.launcher.ray_executor import RayExecutor
+
+        executor = RayExecutor(workers)
+    else:
+        executor = LocalExecutor(workers)
+    manifest = tokenize_from_config(cfg, executor, progress=not args.no_progress)
     print(manifest_summary(manifest))
     return 0
 

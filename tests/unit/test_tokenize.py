@@ -13,6 +13,7 @@ import torch
 import streamloco.data_pipeline.tokenize as tokenize_mod
 from helpers import DOCS, OPTS, WORDS, _files
 from streamloco.atomic import TMP_MARK
+from streamloco.data_pipeline.executor import LocalExecutor, ordered_window
 from streamloco.data_pipeline.loader import MixtureLoader
 from streamloco.data_pipeline.manifest import load_manifest
 from streamloco.data_pipeline.shards import read_shard
@@ -83,6 +84,52 @@ def test_same_output_whatever_the_worker_count(reference: Path, tok_path: Path, 
     # one document per task, so both workers get work and results come back out of order
     tokenize_corpus(lambda: DOCS, tok_path, tmp_path / "w2", workers=2, **{**OPTS, "chunk_docs": 1})
     assert _files(tmp_path / "w2") == _files(reference)  # also independent of the chunk size
+
+
+def test_any_executor_object_runs_the_encoding(reference: Path, tok_path: Path, tmp_path) -> None:
+    calls = []
+
+    class InProcess:  # the Executor protocol, structurally: nothing to inherit
+        def map_ordered(self, fn, shared, items):
+            for item in items:
+                calls.append(len(item))
+                yield fn(shared, item)
+
+    tokenize_corpus(lambda: DOCS, tok_path, tmp_path / "x", executor=InProcess(), **OPTS)
+    assert _files(tmp_path / "x") == _files(reference)
+    assert sum(calls) == len(DOCS) and max(calls) == OPTS["chunk_docs"]
+    out = tmp_path / "p"
+    tokenize_corpus(lambda: DOCS, tok_path, out, executor=LocalExecutor(2), **OPTS)
+    assert _files(out) == _files(reference)
+    with pytest.raises(ValueError, match="workers"):
+        tokenize_corpus(lambda: DOCS, tok_path, tmp_path / "y", workers=2, executor=InProcess())
+
+
+def test_ordered_window_keeps_order_bounds_flight_and_cancels() -> None:
+    in_flight, peak, cancelled = set(), [0], []
+
+    def submit(i: int) -> int:
+        in_flight.add(i)
+        peak[0] = max(peak[0], len(in_flight))
+        return i
+
+    def result(i: int) -> int:
+        in_flight.discard(i)
+        if i == 7:
+            raise Crash("worker died")
+        return i * i
+
+    out = ordered_window(submit, result, cancelled.append, iter(range(5)), 3)
+    assert list(out) == [i * i for i in range(5)] and peak[0] == 3
+    got = []
+    with pytest.raises(Crash):
+        got.extend(ordered_window(submit, result, cancelled.append, iter(range(20)), 3))
+    assert got == [i * i for i in range(7)] and cancelled == [8, 9]  # queued work is dropped
+    cancelled.clear()
+    early = ordered_window(submit, result, cancelled.append, iter(range(20)), 4)
+    assert next(early) == 0
+    early.close()  # the consumer stops early (an error in the shard writer)
+    assert cancelled == [1, 2, 3]
 
 
 class Crash(RuntimeError):

@@ -9,12 +9,12 @@ same split, so no held-out text is ever seen by the tokenizer or the model.
 
 from __future__ import annotations
 
-import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 from streamloco.config import Config
 from streamloco.data_pipeline.corpus import CorpusSpec, ReadStats, iter_documents
+from streamloco.data_pipeline.executor import Executor
 from streamloco.data_pipeline.manifest import Manifest
 from streamloco.data_pipeline.tokenize import split_of, tokenize_corpus
 from streamloco.text.documents import Document
@@ -89,10 +89,12 @@ def report_from_config(cfg: Config, reference_lang: str) -> str:
     return format_report(rows)
 
 
-def tokenize_from_config(cfg: Config, progress: bool = True) -> Manifest:
-    executor = cfg.data.executor
-    if executor == "auto":  # a Ray job (or a shell pointed at a cluster) has RAY_ADDRESS set
-        executor = "ray" if os.environ.get("RAY_ADDRESS") else "processes"
+def tokenize_from_config(cfg: Config, executor: Executor, progress: bool = True) -> Manifest:
+    """Tokenize the corpus into `data.dir` with `executor`.
+
+    The caller picks the executor (`data.executor`, `data.workers`): a Ray one can only be built
+    where Ray may be imported (launcher/, the CLI), never here.
+    """
     return tokenize_corpus(
         documents_factory(cfg),
         tokenizer_model_path(cfg),
@@ -100,9 +102,9 @@ def tokenize_from_config(cfg: Config, progress: bool = True) -> Manifest:
         shard_tokens=cfg.data.shard_tokens,
         validation_fraction=cfg.data.validation_fraction,
         seed=cfg.data.split_seed,
-        workers=cfg.data.workers or None,
         zstd_level=cfg.data.zstd_level,
         progress=progress,
+        executor=executor,
     )
 
 

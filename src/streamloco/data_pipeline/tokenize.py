@@ -7,9 +7,10 @@ as soon as it holds >= `shard_tokens` tokens, so documents are never cut across 
 single huge document makes one big shard). A document whose text normalizes to nothing is kept
 as a lone eos, so document counts always equal the input's.
 
-Determinism. Documents are encoded in chunks by a process pool, but results are consumed in
-input order (a bounded window of in-flight chunks), so the shards are byte-identical whatever
-the worker count (tested with 1 and 2).
+Determinism. Documents are encoded in chunks by an `Executor` (local processes, or Ray tasks
+via `streamloco.launcher.ray_executor`), but results are consumed in input order (a bounded
+window of in-flight chunks), so the shards are byte-identical whatever the worker count (tested
+with 1 and 2) and whichever executor ran them.
 
 Resumability. Because a stream's shards are filled strictly in document order and every shard
 starts empty, shard k of a stream is a function of the documents alone. As each shard is renamed
@@ -35,21 +36,20 @@ from __future__ import annotations
 
 import hashlib
 import json
-import multiprocessing as mp
 import os
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator
-from concurrent.futures import ProcessPoolExecutor
 from contextlib import closing
 from dataclasses import dataclass, field
 from itertools import chain
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
 from streamloco.atomic import TMP_MARK, atomic_write
+from streamloco.data_pipeline.executor import Executor, LocalExecutor
 from streamloco.data_pipeline.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -88,102 +88,53 @@ def split_of(doc: Document, validation_fraction: float, seed: int) -> str:
     return "validation" if u < validation_fraction else "train"
 
 
-# ---- worker side: one Tokenizer per process, loaded once by the pool initializer -------------
-
-_WORKER_TOKENIZER: Tokenizer | None = None
+# ---- encoding: one chunk of texts per call, run by whichever Executor the caller chose -------
 
 
-def _init_worker(tok: Tokenizer) -> None:
-    # The tokenizer travels as its model bytes (Tokenizer pickles that way): every worker uses
-    # exactly the model the parent loaded and checked, even if the file changes meanwhile.
-    global _WORKER_TOKENIZER
-    _WORKER_TOKENIZER = tok
+@dataclass(frozen=True)
+class _Encoder:
+    """What every worker needs once: the tokenizer and the shard dtype.
+
+    The tokenizer travels as its model bytes (Tokenizer pickles that way): every worker uses
+    exactly the model the parent loaded and checked, even if the file changes meanwhile.
+    """
+
+    tok: Tokenizer
+    dtype: str
 
 
-def _encode(tok: Tokenizer, texts: list[str], dtype: str) -> tuple[np.ndarray, np.ndarray]:
+def _encode(enc: _Encoder, texts: list[str]) -> tuple[np.ndarray, np.ndarray]:
     """(lengths incl. eos, all tokens with an eos after each document) for a chunk of texts."""
-    ids = tok.encode_batch(texts)
+    ids = enc.tok.encode_batch(texts)
     lengths = np.fromiter((len(x) + 1 for x in ids), dtype=np.int64, count=len(ids))
-    eos = [tok.eos_id]
+    eos = [enc.tok.eos_id]
     flat = np.fromiter(
         chain.from_iterable(chain.from_iterable((x, eos) for x in ids)),
-        dtype=dtype,
+        dtype=enc.dtype,
         count=int(lengths.sum()),
     )
     return lengths, flat
 
 
-def _encode_in_worker(texts: list[str], dtype: str) -> tuple[np.ndarray, np.ndarray]:
-    assert _WORKER_TOKENIZER is not None, "pool initializer did not run"
-    return _encode(_WORKER_TOKENIZER, texts, dtype)
-
-
-def _ray_encoded_chunks(
-    chunks: Iterable[list[tuple[Document, str]]], tok: Tokenizer, workers: int, dtype: str
-) -> Iterator[tuple[list[tuple[Document, str]], tuple[np.ndarray, np.ndarray]]]:
-    """The same ordered, bounded window as the process pool, with Ray tasks on the cluster.
-
-    The tokenizer goes to the object store once; results come back in input order, so the
-    shards are byte-identical to a local run. `workers` bounds the tasks in flight (x2).
-    """
-    import ray
-
-    if not ray.is_initialized():
-        ray.init()  # RAY_ADDRESS (a job on a cluster) or a local instance
-    encode = ray.remote(num_cpus=1)(_encode)
-    tok_ref = ray.put(tok)
-    pending: deque = deque()
-    try:
-        for chunk in chunks:
-            pending.append((chunk, encode.remote(tok_ref, [d.text for d, _ in chunk], dtype)))
-            if len(pending) >= 2 * workers:
-                done, ref = pending.popleft()
-                yield done, ray.get(ref)
-        while pending:
-            done, ref = pending.popleft()
-            yield done, ray.get(ref)
-    finally:
-        for _, ref in pending:
-            ray.cancel(ref)
-
-
 def _encoded_chunks(
-    chunks: Iterable[list[tuple[Document, str]]],
-    tok: Tokenizer,
-    workers: int,
-    dtype: str,
-    executor: str = "processes",
+    chunks: Iterable[list[tuple[Document, str]]], enc: _Encoder, executor: Executor
 ) -> Iterator[tuple[list[tuple[Document, str]], tuple[np.ndarray, np.ndarray]]]:
-    """Encode chunks, yielding results in input order with at most 2*workers chunks in flight.
+    """Each chunk with its encoding, in input order (the executor bounds what is in flight).
 
-    Pool.imap would read the whole input ahead (unbounded memory on a big corpus), hence the
-    explicit window. 'spawn': the parent may have started torch threads, forking them is unsafe.
-    ProcessPoolExecutor rather than Pool: a worker killed by the OS raises BrokenProcessPool
-    instead of hanging the run.
+    Only the texts travel to the workers; the chunks wait here in a queue that the executor's
+    lazy, in-order reading keeps aligned with its results.
     """
-    if executor == "ray":
-        yield from _ray_encoded_chunks(chunks, tok, workers, dtype)
-        return
-    if workers <= 1:
+    waiting: deque[list[tuple[Document, str]]] = deque()
+
+    def texts() -> Iterator[list[str]]:
         for chunk in chunks:
-            yield chunk, _encode(tok, [d.text for d, _ in chunk], dtype)
-        return
-    ctx = mp.get_context("spawn")
-    with ProcessPoolExecutor(workers, ctx, initializer=_init_worker, initargs=(tok,)) as pool:
-        pending: deque = deque()
-        try:
-            for chunk in chunks:
-                texts = [d.text for d, _ in chunk]
-                pending.append((chunk, pool.submit(_encode_in_worker, texts, dtype)))
-                if len(pending) >= 2 * workers:
-                    done, fut = pending.popleft()
-                    yield done, fut.result()
-            while pending:
-                done, fut = pending.popleft()
-                yield done, fut.result()
-        finally:
-            for _, fut in pending:  # on an error (or a crash) do not wait for queued work
-                fut.cancel()
+            waiting.append(chunk)
+            yield [d.text for d, _ in chunk]
+
+    # closing(): on an error (or an early close) the executor cancels its queued work now
+    with closing(executor.map_ordered(_encode, enc, texts())) as results:
+        for result in results:
+            yield waiting.popleft(), result
 
 
 # ---- main side: streams, journal ---------------------------------------------------------------
@@ -424,12 +375,12 @@ def tokenize_corpus(
     zstd_level: int = 3,
     progress: bool = True,
     chunk_docs: int = 256,
-    executor: Literal["processes", "ray"] = "processes",
+    executor: Executor | None = None,
 ) -> Manifest:
     """Tokenize the documents of `docs_factory()` into shards under `out_dir` (module doc).
 
-    `workers` processes encode (default: all cores; <= 1 encodes in this process), or with
-    ``executor="ray"`` Ray tasks on the cluster (`workers` then bounds the tasks in flight);
+    `executor` encodes (default: ``LocalExecutor(workers)``, i.e. `workers` processes, all cores
+    when None, <= 1 in this process; pass either an executor or `workers`, not both);
     `chunk_docs` documents (or ~1M characters) go to a worker at a time. Re-running resumes an
     interrupted run or, on a finished dir, returns its manifest without reading the corpus.
     """
@@ -437,7 +388,10 @@ def tokenize_corpus(
         raise ValueError(f"shard_tokens and chunk_docs must be >= 1 ({shard_tokens}, {chunk_docs})")
     if not 0.0 <= validation_fraction < 1.0:
         raise ValueError(f"validation_fraction must be in [0, 1), got {validation_fraction}")
-    workers = (os.cpu_count() or 1) if workers is None else workers
+    if executor is None:
+        executor = LocalExecutor(workers)
+    elif workers is not None:
+        raise ValueError("tokenize_corpus: pass `workers` to the executor, not alongside it")
     out_dir, tokenizer_path = Path(out_dir), Path(tokenizer_path)
     tok = Tokenizer.load(tokenizer_path)
     manifest = Manifest(
@@ -466,10 +420,9 @@ def tokenize_corpus(
     try:
         run = _Run(out_dir, journal, fp, chunk_docs)
         with progress_bar(desc="tokenize", unit="doc", disable=not progress) as bar:
-            # closing(): on an error the worker pool shuts down now, not when the traceback dies
-            encoded = closing(
-                _encoded_chunks(run.chunks(docs_factory()), tok, workers, manifest.dtype, executor)
-            )
+            # closing(): on an error the workers shut down now, not when the traceback dies
+            enc = _Encoder(tok, manifest.dtype)
+            encoded = closing(_encoded_chunks(run.chunks(docs_factory()), enc, executor))
             with encoded as results:
                 for chunk, (lengths, flat) in results:
                     run.add(chunk, lengths, flat)
