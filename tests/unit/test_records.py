@@ -8,14 +8,13 @@ from dataclasses import asdict
 import pytest
 
 import streamloco.records as records
+from helpers import SMOKE
 from streamloco.bench.run import _record
 from streamloco.bench.spec import RunSpec
 from streamloco.config import load_config
 from streamloco.metrics import MemorySink
 from streamloco.records import RecordLog, read_records
 from streamloco.simulate import run_and_report, run_simulation
-
-from helpers import SMOKE
 
 RUN = [
     "--train.steps=30",
