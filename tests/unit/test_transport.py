@@ -5,7 +5,12 @@ import time
 
 import pytest
 
-from streamloco.outer_optim.transport import InProcessHub, LinkModel, TransportError
+from streamloco.outer_optim.transport import (
+    DrillTransport,
+    InProcessHub,
+    LinkModel,
+    TransportError,
+)
 
 
 def _run_groups(hub, payloads, key=(0, 1)):
@@ -90,3 +95,17 @@ def test_overlap_hides_transfer_time_behind_compute():
     handle.wait(timeout=5)
     # The transfer completed (simulated clock) before we asked: the wait had nothing to sleep.
     assert sent_at + 0.05 <= handle.ready_at <= wait_started
+
+
+def test_drill_transport_flips_one_byte_of_the_next_non_empty_payload_only():
+    hub = InProcessHub(2)
+    drill, other = DrillTransport(hub.transport(0)), hub.transport(1)
+    assert drill.stats is drill.inner.stats
+    drill.corrupt_next()
+    seen = []
+    for step, payload in enumerate([b"", b"abc", b"abc"], 1):  # an abstention is left alone
+        handle = drill.exchange((0, step), payload)
+        other.exchange((0, step), b"zz")
+        seen.append(handle.wait(timeout=10)[0])
+    assert seen == [b"", b"ab" + bytes([ord("c") ^ 0xFF]), b"abc"]
+    assert drill.stats.bytes_sent == 6  # counted by the wrapped transport, as without a drill

@@ -62,6 +62,26 @@ class Transport(ABC):
         """Start the all-gather of `payload` for `key`; never blocks on the other groups."""
 
 
+class DrillTransport(Transport):
+    """Wraps a group's transport so a fault drill can damage what it sends: `corrupt_next()`
+    flips a byte of the next non-empty payload (a bad link or a buggy peer). Everything else
+    passes through; the counters are the wrapped transport's own."""
+
+    def __init__(self, inner: Transport) -> None:
+        super().__init__(inner.group, inner.num_groups)
+        self.inner, self.stats = inner, inner.stats
+        self._corrupt = False
+
+    def corrupt_next(self) -> None:
+        self._corrupt = True
+
+    def exchange(self, key: Key, payload: bytes) -> Handle:
+        if self._corrupt and payload:
+            self._corrupt = False
+            payload = payload[:-1] + bytes([payload[-1] ^ 0xFF])
+        return self.inner.exchange(key, payload)
+
+
 class CompletedHandle(Handle):
     """A round whose payloads are already here (restored from a checkpoint, or M=1)."""
 

@@ -30,7 +30,7 @@ from streamloco.outer_optim.engine import (
     StreamingEngine,
     SyncEvent,
 )
-from streamloco.outer_optim.transport import Transport
+from streamloco.outer_optim.transport import DrillTransport, Transport
 from streamloco.records import ChunkReport, EvalRecord, RoundRecord, SendRecord
 from streamloco.workers.data_source import DataSource, build_data_source
 from streamloco.workers.inner import build_inner_optimizer
@@ -136,7 +136,7 @@ class Trainer:
             else contextlib.nullcontext
         )
         self.opt, self.sched = build_inner_optimizer(self.model, cfg.inner, cfg.train.steps)
-        self.transport = transport
+        self.transport = DrillTransport(transport)  # drills (`inject`) damage payloads here
         self.engine = self._new_engine()
         self.data = data or build_data_source(cfg)
         self.stream = self.data.stream(where.group, where.rank, where.ranks)
@@ -294,15 +294,7 @@ class Trainer:
             with torch.no_grad():
                 next(self.model.parameters()).fill_(float("nan"))
         elif kind == "corrupt":
-            send = self.transport.exchange
-
-            def corrupt_once(key, payload):
-                self.transport.exchange = send  # type: ignore[method-assign]
-                if payload:
-                    payload = payload[:-1] + bytes([payload[-1] ^ 0xFF])
-                return send(key, payload)
-
-            self.transport.exchange = corrupt_once  # type: ignore[method-assign]
+            self.transport.corrupt_next()
         else:
             raise ValueError(f"inject: unknown fault {kind!r} (delay, nan, corrupt)")
 
