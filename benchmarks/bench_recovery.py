@@ -23,7 +23,8 @@ from tensorboard.backend.event_processing.event_accumulator import EventAccumula
 
 from bench_train_overhead import write_random_shards  # same directory
 from streamloco.config import load_config
-from streamloco.launcher.driver import Fault, train
+from streamloco.launcher.drills import Fault
+from streamloco.launcher.driver import train
 
 DEMO = Path(__file__).resolve().parents[1] / "configs" / "demo.toml"
 

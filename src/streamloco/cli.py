@@ -36,7 +36,8 @@ def cmd_simulate(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
-    from streamloco.launcher.driver import Fault, TrainingFailed, train
+    from streamloco.launcher.drills import Fault
+    from streamloco.launcher.driver import TrainingFailed, train
     from streamloco.results import summarize
 
     if args.resume is not None:

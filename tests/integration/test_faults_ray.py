@@ -12,7 +12,8 @@ import torch
 
 from helpers import ROOT
 from streamloco.config import load_config
-from streamloco.launcher.driver import Fault, train
+from streamloco.launcher.drills import Fault
+from streamloco.launcher.driver import train
 
 pytestmark = pytest.mark.ray
 

@@ -350,7 +350,7 @@ def run_bench(
     """Everything the bench config asks for; writes results.json and the report into out_dir."""
     from streamloco.bench import report
     from streamloco.launcher.cluster import connect
-    from streamloco.launcher.driver import preflight
+    from streamloco.launcher.preflight import preflight
 
     out_dir.mkdir(parents=True, exist_ok=True)
     preflight(cfg, out_dir / "runs", resume=False)  # data and tokenizer: fail before any run

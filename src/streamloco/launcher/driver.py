@@ -17,217 +17,28 @@ actor right after that step's chunk (actor calls run in order, so nothing waits 
 
 from __future__ import annotations
 
-import math
-import sys
 import time
-import tomllib
 import uuid
-from dataclasses import dataclass
 from pathlib import Path
 
-from streamloco.config import Config, from_dict
-from streamloco.launcher.checkpoint import load_latest, save_checkpoint
+from streamloco.config import Config
+from streamloco.launcher import drills
+from streamloco.launcher.checkpoint import load_latest
 from streamloco.launcher.cluster import connect
+from streamloco.launcher.console import ProgressView
+from streamloco.launcher.drills import Fault
+from streamloco.launcher.groups import WorkerGroups
+from streamloco.launcher.plan import Plan
+from streamloco.launcher.preflight import LaunchError, check_resumable, preflight
+from streamloco.launcher.run_checkpoint import restore, write_checkpoint
 from streamloco.metrics import MetricsSink, NullSink, TensorBoardSink
-from streamloco.outer_optim.schedule import Schedule
 from streamloco.records import RecordLog, tag
-from streamloco.results import Collector, RunResult, human
+from streamloco.results import Collector, RunResult
 from streamloco.workers.model import model_args, param_count
-
-
-class LaunchError(ValueError):
-    """Something is wrong before training starts (reported without a traceback)."""
 
 
 class TrainingFailed(RuntimeError):
     """A worker failed or stalled mid-run; the last checkpoint is intact."""
-
-
-@dataclass(frozen=True)
-class Fault:
-    """A fault drill: at the first report of `group` at or after `step`, do `kind` to it.
-
-    kill: kill the group's rank 0 actor (the group dies); delay: every rank sleeps `value` s per
-    inner step from then on (a straggler); nan: NaN into every rank's weights; corrupt: rank 0's
-    next payload gets a flipped byte. Parsed from `--inject KIND:GROUP@STEP[=VALUE]`.
-    """
-
-    kind: str
-    group: int
-    step: int
-    value: float = 0.0
-
-    @classmethod
-    def parse(cls, text: str) -> Fault:
-        import re
-
-        m = re.fullmatch(r"(kill|delay|nan|corrupt):(\d+)@(\d+)(?:=([0-9.]+))?", text)
-        if not m:
-            raise ValueError(
-                f"--inject {text!r}: expected KIND:GROUP@STEP[=VALUE], KIND one of kill, delay, "
-                "nan, corrupt (e.g. kill:1@60, delay:2@0=0.05)"
-            )
-        return cls(m[1], int(m[2]), int(m[3]), float(m[4] or 0.0))
-
-
-@dataclass
-class Plan:
-    """When chunks end and checkpoints are taken."""
-
-    steps: int
-    log_every: int
-    checkpoints: list[int]
-    schedule: Schedule
-
-    @classmethod
-    def build(cls, cfg: Config, start: int) -> Plan:
-        t = cfg.train
-        sched = Schedule.of(cfg.outer)
-        points = set()
-        every = cfg.run.checkpoint_every
-        if every:
-            for want in range(every, t.steps, every):
-                step = next(s for s in range(want, t.steps + 1) if sched.idle_after(s))
-                points.add(step)
-        points.add(t.steps)  # the end: finish() has applied everything
-        return cls(t.steps, t.log_every, sorted(p for p in points if p > start), sched)
-
-    def next_stop(self, step: int) -> int:
-        """The end of the chunk that starts after `step`: at least log_every steps on (or the
-        next checkpoint), moved to a step with no fragment in flight, where a replacement group
-        can take over a peer's state."""
-        nxt = min([step + self.log_every, self.steps, *(c for c in self.checkpoints if c > step)])
-        while nxt < self.steps and not self.schedule.idle_after(nxt):
-            nxt += 1
-        return nxt
-
-
-def preflight(cfg: Config, run_dir: Path, resume: bool) -> None:
-    """Fail before any actor starts: data, tokenizer and run directory."""
-    from streamloco.workers.data_source import check_synthetic
-
-    check_synthetic(cfg)
-    if cfg.data.source == "shards":
-        from streamloco.data_pipeline.manifest import load_manifest
-
-        data_dir = Path(cfg.data.dir)
-        if not (data_dir / "manifest.json").is_file():
-            raise LaunchError(
-                f"data.dir: {data_dir} has no manifest.json (run `streamloco data tokenize "
-                f"--config ...` first, or point --data.dir at the token shards)"
-            )
-        manifest = load_manifest(data_dir, verify="size")
-        if cfg.model.vocab_size < manifest.tokenizer.vocab_size:
-            raise LaunchError(
-                f"model.vocab_size: {cfg.model.vocab_size} < the tokenizer's "
-                f"{manifest.tokenizer.vocab_size} ({data_dir}/manifest.json)"
-            )
-    ckpts = run_dir / "checkpoints"
-    if not resume and ckpts.is_dir() and any(ckpts.iterdir()):
-        raise LaunchError(
-            f"run dir {run_dir} already holds checkpoints: continue it with "
-            f"`streamloco train --resume {run_dir}` or choose another --run.name"
-        )
-
-
-def _tokenizer_hash(cfg: Config) -> str:
-    if cfg.data.source != "shards":
-        return ""
-    import json
-
-    manifest = json.loads((Path(cfg.data.dir) / "manifest.json").read_text(encoding="utf-8"))
-    return str(manifest.get("tokenizer", {}).get("sha256", ""))
-
-
-class _Groups:
-    """The actors of M groups x K ranks, and the Ray resources they hold."""
-
-    def __init__(self) -> None:
-        self.coordinator = None
-        self.pgs: list = []
-        self.actors: list[list] = []
-        self.generation: list[int] = []  # bumped when a group is replaced
-
-    def start(self, cfg: Config, run_id: str) -> None:
-        """Reserve, start and connect everything; on failure `close` frees what was started."""
-        import ray
-        from ray.util.placement_group import placement_group
-
-        from streamloco.launcher.ray_transport import create_coordinator
-
-        cl, m, k = cfg.cluster, cfg.train.groups, cfg.cluster.ranks_per_group
-        self.cfg, self.run_id = cfg, run_id
-        bundle = {"CPU": cl.cpus_per_rank} | ({"GPU": cl.gpus_per_rank} if cl.gpus_per_rank else {})
-        self.coordinator = create_coordinator(
-            f"streamloco-{run_id}",
-            m,
-            deadline_s=cfg.transport.round_deadline_s or None,
-            min_groups=cfg.train.min_groups,
-        )
-        self.pgs = [placement_group([bundle] * k, strategy=cl.placement) for _ in range(m)]
-        ready = [pg.ready() for pg in self.pgs]
-        done, _ = ray.wait(ready, num_returns=len(ready), timeout=cl.start_timeout_s)
-        if len(done) < len(ready):
-            raise LaunchError(
-                f"cluster: could not reserve {m} groups x {k} ranks x {bundle} "
-                f"({cl.placement}) within {cl.start_timeout_s:.0f}s; the cluster has "
-                f"{ray.cluster_resources()} in all, {ray.available_resources()} free "
-                "(lower cluster.cpus_per_rank / train.groups, or add nodes)"
-            )
-        self.actors = [[] for _ in range(m)]
-        self.generation = [0] * m
-        setups = [ref for g in range(m) for ref in self._launch(g)]
-        ray.get(setups)
-
-    def _launch(self, g: int) -> list:
-        """Start group g's K actors in its placement group; returns their setup futures."""
-        import ray
-        from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
-
-        from streamloco.launcher.actors import RemoteRankActor
-
-        cl, k = self.cfg.cluster, self.cfg.cluster.ranks_per_group
-        gen = self.generation[g]
-        self.actors[g] = [
-            RemoteRankActor.options(
-                num_cpus=cl.cpus_per_rank,
-                num_gpus=cl.gpus_per_rank,
-                scheduling_strategy=PlacementGroupSchedulingStrategy(
-                    self.pgs[g], placement_group_bundle_index=r
-                ),
-                name=f"streamloco-{self.run_id}-g{g}r{r}" + (f"-{gen}" if gen else ""),
-            ).remote(self.cfg.to_dict(), g, r, self.coordinator)
-            for r in range(k)
-        ]
-        # Rendezvous: rank 0 listens on a free port; the other ranks connect to it.
-        host = port = None
-        if k > 1:
-            host = ray.get(self.actors[g][0].where.remote())["node"]
-            port = ray.get(self.actors[g][0].open_store.remote())
-        return [actor.setup.remote(host, port) for actor in self.actors[g]]
-
-    def replace(self, g: int) -> list:
-        """Kill what is left of group g and start new actors (same reserved slots)."""
-        import ray
-
-        for actor in self.actors[g]:
-            ray.kill(actor)
-        self.generation[g] += 1
-        return self._launch(g)
-
-    def all(self):
-        return [a for grp in self.actors for a in grp]
-
-    def close(self) -> None:
-        import ray
-        from ray.util.placement_group import remove_placement_group
-
-        for actor in self.all():
-            ray.kill(actor)
-        if self.coordinator is not None:
-            ray.kill(self.coordinator)
-        for pg in self.pgs:
-            remove_placement_group(pg)
 
 
 def train(
@@ -251,7 +62,7 @@ def train(
         if found is None:
             raise LaunchError(f"--resume {run_dir}: no checkpoint in {run_dir / 'checkpoints'}")
         path, state, meta = found
-        _check_resumable(cfg, meta, path)
+        check_resumable(cfg, meta, path)
         print(f"streamloco train: resuming from {path} (step {state['step']})", flush=True)
     start = int(state["step"]) if state else 0
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -260,11 +71,11 @@ def train(
     started = connect()
     sink: MetricsSink = NullSink()
     log = RecordLog(run_dir / "records.jsonl", resume_step=start if state else None)
-    groups = _Groups()
+    groups = WorkerGroups()
     try:
         groups.start(cfg, f"{cfg.run.name}-{uuid.uuid4().hex[:8]}")
         if state is not None:
-            _restore(groups, state)
+            restore(groups, state)
         elif len(groups.all()) > 1:  # every replica starts from group 0's initialization
             init = groups.actors[0][0].model_state.remote()
             ray.get([a.load_initial.remote(init) for a in groups.all()[1:]])
@@ -299,36 +110,6 @@ def train(
             ray.shutdown()
 
 
-def _check_resumable(cfg: Config, meta: dict, path: Path) -> None:
-    saved = from_dict(tomllib.loads(meta.get("config_toml", "")))
-    for key in ("train.groups", "cluster.ranks_per_group", "model.size", "outer.fragments"):
-        section, name = key.split(".")
-        have = getattr(getattr(cfg, section), name)
-        was = getattr(getattr(saved, section), name)
-        if have != was:
-            raise LaunchError(f"--resume: {key} is {have}, but {path} was written with {was}")
-    if cfg.train.steps <= int(meta["step"]):
-        raise LaunchError(
-            f"--resume: {path} is at step {meta['step']} and train.steps is {cfg.train.steps}: "
-            "nothing left to do (raise --train.steps to train further)"
-        )
-
-
-def _restore(groups: _Groups, state: dict) -> None:
-    import ray
-
-    engine = ray.put(state["engine"])
-    calls = []
-    for g, grp in enumerate(groups.actors):
-        saved = state["groups"][g]
-        group_ref = ray.put(saved["group"])
-        for r, actor in enumerate(grp):
-            calls.append(
-                actor.load_state_dict.remote(state["step"], group_ref, engine, saved["ranks"][r])
-            )
-    ray.get(calls)
-
-
 def _hparams(cfg: Config) -> dict:
     keys = {
         "model": ["size", "seq_len", "vocab_size"],
@@ -357,7 +138,7 @@ class _Driver:
         self.replacements = 0
         self.recovering: dict[int, float] = {}  # group -> time its death was noticed
         self.drills: list[Fault] = []
-        self.bar = _Progress(cfg, start) if progress else None
+        self.bar = ProgressView(cfg, start) if progress else None
         if self.bar is not None:
             collector.say = self.bar.note
 
@@ -425,21 +206,14 @@ class _Driver:
             self.queue(g)
 
     def inject(self, fault: Fault, step: int) -> None:
-        import ray
-
         self.say(f"drill: {fault.kind} group {fault.group} after step {step}")
-        actors = self.groups.actors[fault.group]
-        if fault.kind == "kill":
-            ray.kill(actors[0])
-            return
-        for actor in actors if fault.kind in ("delay", "nan") else actors[:1]:
-            actor.inject.remote(fault.kind, fault.value)
+        drills.inject(self.groups, fault)
 
     def on_state(self, value: dict, g: int, r: int, step: int) -> None:
         parts = self.parts.setdefault(step, {})
         parts[(g, r)] = value
         if len(parts) == self.cfg.train.groups * self.cfg.cluster.ranks_per_group:
-            _write_checkpoint(self.cfg, self.run_dir, step, self.parts.pop(step))
+            write_checkpoint(self.cfg, self.run_dir, step, self.parts.pop(step))
             if self.bar is not None:
                 self.bar.note(f"checkpoint at step {step}")
 
@@ -503,55 +277,3 @@ class _Driver:
 def _first_line(error: Exception) -> str:
     lines = [ln for ln in str(error).splitlines() if ln.strip()]
     return lines[-1] if lines else type(error).__name__
-
-
-def _write_checkpoint(cfg: Config, run_dir: Path, step: int, parts: dict) -> Path:
-    m, k = cfg.train.groups, cfg.cluster.ranks_per_group
-    state = {
-        "step": step,
-        "engine": parts[(0, 0)]["engine"],
-        "groups": [
-            {"group": parts[(g, 0)]["group"], "ranks": [parts[(g, r)]["rank"] for r in range(k)]}
-            for g in range(m)
-        ],
-    }
-    meta = {
-        "config_toml": cfg.to_toml(),
-        "tokenizer_sha256": _tokenizer_hash(cfg),
-        "groups": m,
-        "ranks_per_group": k,
-    }
-    return save_checkpoint(run_dir / "checkpoints", step, state, meta, cfg.run.keep_checkpoints)
-
-
-class _Progress:
-    """The console bar: slowest group's step, loss, tokens/s, bytes exchanged, next sync."""
-
-    def __init__(self, cfg: Config, start: int) -> None:
-        from streamloco.progress import progress_bar
-
-        self.cfg = cfg
-        self.bar = progress_bar(cfg.train.steps, desc="train", unit="step", initial=start)
-        self.tps: dict[int, float] = {}
-        self.sched = Schedule.of(cfg.outer)
-
-    def update(self, rep, collector: Collector) -> None:
-        if rep.seconds > 0 and rep.tokens:
-            self.tps[rep.group] = rep.tokens / rep.seconds
-        step = min(collector.steps)
-        moved = sum(g.bytes_sent + g.bytes_received for g in collector.groups)
-        nxt, frag = self.sched.next_event(step)
-        self.bar.set_postfix(
-            refresh=False,
-            loss=f"{rep.loss:.3f}" if not math.isnan(rep.loss) else "-",
-            tok_s=f"{sum(self.tps.values()):,.0f}",
-            exchanged=human(moved),
-            next_sync=f"f{frag}@{nxt}",
-        )
-        self.bar.update(step - self.bar.n)
-
-    def note(self, text: str) -> None:
-        self.bar.write(text, file=sys.stdout)
-
-    def close(self) -> None:
-        self.bar.close()
