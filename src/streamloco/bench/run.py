@@ -320,8 +320,8 @@ def extrapolation() -> dict:
 
 def machine() -> dict:
     import os
+    from importlib.metadata import version
 
-    import ray
     import torch
 
     device = "cpu"
@@ -332,7 +332,7 @@ def machine() -> dict:
         "platform": platform.platform(),
         "python": platform.python_version(),
         "torch": torch.__version__,
-        "ray": ray.__version__,
+        "ray": version("ray"),
         "device": device,
     }
 
@@ -349,7 +349,7 @@ def run_bench(
 ) -> dict:
     """Everything the bench config asks for; writes results.json and the report into out_dir."""
     from streamloco.bench import report
-    from streamloco.launcher.cluster import connect
+    from streamloco.launcher.cluster import connect, total_cpus
     from streamloco.launcher.preflight import preflight
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -358,9 +358,7 @@ def run_bench(
     t0 = time.perf_counter()
     connect()  # the same Ray the driver uses: RAY_ADDRESS, a local head, or a new one
     if not bench.cpus and not bench.gpus:
-        import ray
-
-        bench = replace(bench, cpus=float(ray.cluster_resources().get("CPU", 1)))
+        bench = replace(bench, cpus=total_cpus())
     langs: list[str] = []
     results: dict = {"version": RESULTS_VERSION, "runs": [], "targets": []}
     if bench.quality:

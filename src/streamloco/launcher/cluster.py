@@ -15,3 +15,8 @@ def connect() -> bool:
         return False
     ray.init(log_to_driver=True, configure_logging=False)
     return True
+
+
+def total_cpus() -> float:
+    """The CPUs of the whole cluster this process is connected to (Ray's logical count)."""
+    return float(ray.cluster_resources().get("CPU", 1))
