@@ -33,3 +33,13 @@ def local_ray():
     )
     yield ray
     ray.shutdown()
+
+
+@pytest.fixture
+def cuda_device():
+    """A CUDA device for tests marked `gpu`; skipped (with the reason) where there is none."""
+    import torch
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA device on this machine")
+    return torch.device("cuda", 0)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import math
 import sys
 
-from streamloco.config import Config
 from streamloco.outer_optim.schedule import Schedule
 from streamloco.records import ChunkReport
 from streamloco.results import Collector, human
@@ -14,13 +13,12 @@ from streamloco.results import Collector, human
 class ProgressView:
     """The console bar: slowest group's step, loss, tokens/s, bytes exchanged, next sync."""
 
-    def __init__(self, cfg: Config, start: int) -> None:
+    def __init__(self, steps: int, start: int, schedule: Schedule) -> None:
         from streamloco.progress import progress_bar
 
-        self.cfg = cfg
-        self.bar = progress_bar(cfg.train.steps, desc="train", unit="step", initial=start)
+        self.bar = progress_bar(steps, desc="train", unit="step", initial=start)
         self.tps: dict[int, float] = {}
-        self.sched = Schedule.of(cfg.outer)
+        self.sched = schedule
 
     def update(self, rep: ChunkReport, collector: Collector) -> None:
         if rep.seconds > 0 and rep.tokens:

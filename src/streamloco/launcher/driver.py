@@ -138,7 +138,7 @@ class _Driver:
         self.replacements = 0
         self.recovering: dict[int, float] = {}  # group -> time its death was noticed
         self.drills: list[Fault] = []
-        self.bar = ProgressView(cfg, start) if progress else None
+        self.bar = ProgressView(plan.steps, start, plan.schedule) if progress else None
         if self.bar is not None:
             collector.say = self.bar.note
 
