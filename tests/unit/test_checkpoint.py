@@ -264,6 +264,50 @@ def test_damaged_checkpoints_do_not_count_towards_keep(tmp_path):
     assert names(tmp_path) == ["step-00000002", "step-00000003", "step-00000004"]
 
 
+def test_bit_flipped_newest_never_costs_a_good_older_one(tmp_path):
+    for s in (1, 2, 3):
+        save_checkpoint(tmp_path, s, small_state(s), keep=5)
+    _flip_byte(tmp_path / "step-00000003")  # same size: only the sha256 tells
+    save_checkpoint(tmp_path, 4, small_state(4), keep=2)
+    # 4 and 2 verify; 3 does not count, so 2 is kept and only 1 goes.
+    assert names(tmp_path) == ["step-00000002", "step-00000003", "step-00000004"]
+    # keep=1 still keeps the newest good one; the damaged 3, older than it, goes now.
+    save_checkpoint(tmp_path, 5, small_state(5), keep=1)
+    assert names(tmp_path) == ["step-00000005"]
+
+
+def test_foreign_state_with_a_recomputed_size_does_not_count(tmp_path):
+    for s in (1, 2):
+        save_checkpoint(tmp_path, s, small_state(s), keep=5)
+    # Someone copies another run's state.pt over step 2 and fixes up only the size in meta.json.
+    foreign = tmp_path / "step-00000002"
+    torch.save({"step": 2, "w": torch.zeros(64)}, foreign / "state.pt")
+    meta = json.loads((foreign / "meta.json").read_text())
+    meta["state_size"] = (foreign / "state.pt").stat().st_size
+    (foreign / "meta.json").write_text(json.dumps(meta))
+    save_checkpoint(tmp_path, 3, small_state(3), keep=2)
+    assert names(tmp_path) == ["step-00000001", "step-00000002", "step-00000003"]
+    # 1 is the good one a resume falls back to should 3 fail: it was kept because 2 did not count.
+    with pytest.raises(CheckpointError, match="sha256 mismatch"):
+        load_checkpoint(foreign)
+    assert load_checkpoint(tmp_path / "step-00000001")[0]["step"] == 1
+
+
+def test_a_checkpoint_damaged_after_it_was_verified_stops_counting(tmp_path):
+    # Hashes are cached per process by the file's stat; a rewrite must not reuse the old verdict.
+    for s in (1, 2, 3):
+        save_checkpoint(tmp_path, s, small_state(s), keep=5)  # hashes 1 and 2 (now cached)
+    state_pt = tmp_path / "step-00000002" / "state.pt"
+    _flip_byte(tmp_path / "step-00000002")
+    # A rewrite within one tick of the filesystem's clock can keep the mtime: move it on, as
+    # any later write would.
+    st = state_pt.stat()
+    os.utime(state_pt, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))
+    save_checkpoint(tmp_path, 4, small_state(4), keep=3)
+    # 4, 3 and 1 verify; the damaged 2 between them stays until it is older than all three.
+    assert names(tmp_path) == ["step-00000001", "step-00000002", "step-00000003", "step-00000004"]
+
+
 def test_prune_never_touches_newer_steps(tmp_path):
     for s in (10, 20, 30):
         save_checkpoint(tmp_path, s, small_state(s), keep=5)

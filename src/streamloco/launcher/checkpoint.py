@@ -30,7 +30,9 @@ and the filesystem's metadata go, but it cannot protect against what happens und
 a disk or network filesystem that loses or reorders data on power loss despite fsync, a copy to
 another machine that was cut short, bit rot. ``meta.json`` records the size and sha256 of
 ``state.pt``; a mismatch is detected before unpickling, and `load_latest` then falls back to the
-previous checkpoint with a warning instead of resuming from garbage or crashing the run.
+previous checkpoint with a warning instead of resuming from garbage or crashing the run. Pruning
+uses the same check: only checkpoints whose hash matches count toward `keep`, so a damaged newest
+checkpoint never costs the good one a resume would fall back to.
 
 Why ``weights_only``: ``torch.load`` without it runs the full pickle machinery, so a checkpoint
 file (which may come from a shared filesystem or another machine) could execute arbitrary code.
@@ -106,8 +108,9 @@ def save_checkpoint(
     anything is written. `meta` must be JSON-serialisable and may not use the reserved keys.
 
     An existing checkpoint for the same step is replaced safely. Afterwards the newest `keep`
-    valid-looking checkpoints up to this step are kept (this one always among them) and older
-    ones deleted, along with temporary directories left by crashed writes. Checkpoints with a
+    checkpoints up to this step whose state.pt matches its recorded sha256 are kept (this one
+    always among them) and older ones deleted, along with temporary directories left by crashed
+    writes; a damaged one never counts, so it never costs a good one. Checkpoints with a
     higher step than this one are never touched: whether a run that went back to an earlier step
     should discard them is for the caller to decide.
     """
@@ -277,23 +280,46 @@ def _prune(root: Path, step: int, keep: int) -> None:
                 _remove(path)
             except OSError as e:  # the new checkpoint is safe; a failed prune must not fail it
                 logger.warning("could not prune %s: %s", path, e)
-        elif s == step or _looks_valid(path):
+        elif s == step or _verifies(path):
+            # The one just written counts unverified: its sha256 was taken from the bytes as
+            # they were written, and reading it back now would mostly hit the page cache.
             kept += 1
         # A damaged checkpoint newer than the oldest kept one stays for now (load_latest skips
-        # it with a warning); it is pruned once `keep` good ones are newer than it.
+        # it with a warning); it is pruned once `keep` good ones are newer than it. Walking newest
+        # first and pruning as soon as `keep` verified is what makes the newest good checkpoint
+        # safe, and hashes nothing older than the oldest one kept.
 
 
-def _looks_valid(path: Path) -> bool:
-    """Cheap check (no hashing): meta.json parses and state.pt has the recorded size."""
+# sha256 of state.pt files this process has hashed, by path, with the file's identity and stat
+# when hashed. Without it every save would re-read all `keep` checkpoints (GBs each); with it each
+# is hashed once. A rewrite changes the stat and so misses the cache; damage that leaves the stat
+# alone (bit rot underneath the filesystem) goes unseen here, but load_checkpoint always hashes.
+_HASHES: dict[str, tuple[tuple[int, ...], str]] = {}
+
+
+def _verifies(path: Path) -> bool:
+    """Would `load_checkpoint` get past its checks (meta.json, size, sha256) for `path`?
+
+    Used to decide what counts toward `keep`; unpickling is not tried (the checksum is for
+    accidents; whoever could forge it could also forge a file that unpickles).
+    """
     try:
-        meta = json.loads((path / META_FILE).read_text(encoding="utf-8"))
-        return (
-            isinstance(meta, dict)
-            and meta.get("format") == FORMAT_VERSION
-            and (path / STATE_FILE).stat().st_size == meta.get("state_size")
-        )
-    except (OSError, ValueError):
+        meta = _read_meta(path)
+        with open(path / STATE_FILE, "rb") as f:
+            st = os.fstat(f.fileno())
+            if st.st_size != meta["state_size"]:
+                return False
+            stamp = (st.st_dev, st.st_ino, st.st_size, st.st_mtime_ns, st.st_ctime_ns)
+            key = str(path / STATE_FILE)
+            cached = _HASHES.get(key)
+            if cached is not None and cached[0] == stamp:
+                digest = cached[1]
+            else:
+                digest = _sha256(f)
+                _HASHES[key] = (stamp, digest)
+    except (CheckpointError, OSError):
         return False
+    return digest == meta["state_sha256"]
 
 
 def _remove_leftovers(root: Path) -> None:
@@ -332,6 +358,7 @@ def _remove(path: Path) -> None:
     m = _FINAL_RE.fullmatch(path.name)
     doomed = path.parent / _tmp_name(m.group(0) if m else path.name, "del")
     os.rename(path, doomed)
+    _HASHES.pop(str(path / STATE_FILE), None)
     _fsync_dir(path.parent)
     _rmtree_quiet(doomed)
 
@@ -408,6 +435,52 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> tuple[dict, dict]:
     def fail(reason: str) -> CheckpointError:
         return CheckpointError(f"checkpoint {path}: {reason}")
 
+    meta = _read_meta(path)
+    state_path = path / STATE_FILE
+    try:
+        # One open file for hashing and loading: even if the directory were replaced meanwhile,
+        # what is loaded is exactly what was hashed.
+        with open(state_path, "rb") as f:
+            size = os.fstat(f.fileno()).st_size
+            if size != meta["state_size"]:
+                raise fail(
+                    f"{STATE_FILE}: size {size} != {meta['state_size']} recorded in meta.json"
+                )
+            digest = _sha256(f)
+            if digest != meta["state_sha256"]:
+                raise fail(
+                    f"{STATE_FILE}: sha256 mismatch ({digest} != "
+                    f"{meta['state_sha256']} recorded in meta.json)"
+                )
+            f.seek(0)
+            try:
+                state = torch.load(f, map_location=map_location, weights_only=True)
+            except pickle.UnpicklingError as e:
+                raise fail(f"{STATE_FILE}: refused to unpickle: {_unpickle_reason(e)}") from e
+            except Exception as e:
+                raise fail(f"{STATE_FILE}: torch.load failed: {_first_line(e)}") from e
+    except FileNotFoundError as e:
+        raise fail(f"{STATE_FILE} is missing") from e
+    except OSError as e:
+        raise fail(f"cannot read {state_path}: {e}") from e
+    if not isinstance(state, dict):
+        raise fail(f"{STATE_FILE} holds a {type(state).__name__}, not a dict")
+    return state, meta
+
+
+def _sha256(f: BinaryIO) -> str:
+    digest = hashlib.sha256()
+    while chunk := f.read(_HASH_CHUNK):
+        digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _read_meta(path: Path) -> dict:
+    """meta.json of checkpoint directory `path`, checked; CheckpointError naming what is wrong."""
+
+    def fail(reason: str) -> CheckpointError:
+        return CheckpointError(f"checkpoint {path}: {reason}")
+
     if not path.is_dir():
         raise fail("not a directory")
     meta_path = path / META_FILE
@@ -433,39 +506,7 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> tuple[dict, dict]:
     if m is not None and int(m.group(1)) != meta["step"]:
         # A directory renamed or copied by hand to the wrong step would resume at the wrong place.
         raise fail(f"step {meta['step']} in {META_FILE} != {int(m.group(1))} in the directory name")
-
-    state_path = path / STATE_FILE
-    try:
-        # One open file for hashing and loading: even if the directory were replaced meanwhile,
-        # what is loaded is exactly what was hashed.
-        with open(state_path, "rb") as f:
-            size = os.fstat(f.fileno()).st_size
-            if size != meta["state_size"]:
-                raise fail(
-                    f"{STATE_FILE}: size {size} != {meta['state_size']} recorded in meta.json"
-                )
-            digest = hashlib.sha256()
-            while chunk := f.read(_HASH_CHUNK):
-                digest.update(chunk)
-            if digest.hexdigest() != meta["state_sha256"]:
-                raise fail(
-                    f"{STATE_FILE}: sha256 mismatch ({digest.hexdigest()} != "
-                    f"{meta['state_sha256']} recorded in meta.json)"
-                )
-            f.seek(0)
-            try:
-                state = torch.load(f, map_location=map_location, weights_only=True)
-            except pickle.UnpicklingError as e:
-                raise fail(f"{STATE_FILE}: refused to unpickle: {_unpickle_reason(e)}") from e
-            except Exception as e:
-                raise fail(f"{STATE_FILE}: torch.load failed: {_first_line(e)}") from e
-    except FileNotFoundError as e:
-        raise fail(f"{STATE_FILE} is missing") from e
-    except OSError as e:
-        raise fail(f"cannot read {state_path}: {e}") from e
-    if not isinstance(state, dict):
-        raise fail(f"{STATE_FILE} holds a {type(state).__name__}, not a dict")
-    return state, meta
+    return meta
 
 
 def _first_line(e: BaseException) -> str:
