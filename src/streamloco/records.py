@@ -64,6 +64,15 @@ def mean_loss(losses: dict[str, float]) -> float:
     return math.fsum(losses.values()) / len(losses)
 
 
+@dataclass(frozen=True)
+class GroupTotals:
+    """A group's cumulative counters: what a replacement group continues from."""
+
+    bytes_sent: int = 0
+    bytes_received: int = 0
+    blocked_s: float = 0.0  # mean over the group's ranks
+
+
 @dataclass
 class ChunkReport:
     """What one `Trainer.train(until)` call did, from the group's point of view."""

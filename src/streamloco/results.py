@@ -10,7 +10,7 @@ import torch
 
 from streamloco.config import Config
 from streamloco.metrics import MetricsSink
-from streamloco.records import ChunkReport, RecordLog, RoundRecord, scalars, tag
+from streamloco.records import ChunkReport, GroupTotals, RecordLog, RoundRecord, scalars, tag
 
 
 @dataclass
@@ -194,6 +194,14 @@ class Collector:
         self.sink.scalar(tag("ddp_bytes"), ddp, step)
         if moved:
             self.sink.scalar(tag("ratio_vs_ddp"), ddp / moved, step)
+
+    def totals(self, group: int, with_bytes: bool = True) -> GroupTotals:
+        """Group `group`'s counters at its last report (bytes only for the rank that holds
+        them: the group's sums add its ranks' counters)."""
+        res = self.groups[group]
+        if not with_bytes:
+            return GroupTotals(blocked_s=res.blocked_s)
+        return GroupTotals(res.bytes_sent, res.bytes_received, res.blocked_s)
 
     def recovered(self, group: int, nbytes: int) -> None:
         with self._lock:

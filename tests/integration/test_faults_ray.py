@@ -67,12 +67,22 @@ def test_a_dead_group_is_replaced_and_recovers_live_while_the_others_go_on(local
     gap = [b for a, b in itertools.pairwise(loss1) if b != a + 1]
     assert len(gap) == 1 and gap[0] <= 30 + 2 * h and loss1[-1] == steps
     assert _scalars(tmp_path / "kill" / "tb", "faults/recovery_s")
+    # bytes belong to the group, not to the actor process: the replacement goes on counting
+    # from the dead group's last report, so the summary equals its per-round records, and the
+    # TensorBoard series never dips (recovery bytes are counted apart, above)
+    for res in hit.groups:
+        assert res.bytes_sent == sum(r.bytes_sent for r in res.rounds) > 0
+        assert res.bytes_received == sum(r.bytes_received for r in res.rounds) > 0
+    sent1 = [v for _, v in _scalars(tmp_path / "kill" / "tb", "comm/bytes_sent/group1")]
+    assert sent1 == sorted(sent1) and len(sent1) > 3
     # same seed, one group out for a while: the final loss stays close
     assert hit.eval_history[-1][1] < calm.eval_history[-1][1] + 0.1
     assert hit.eval_history[-1][1] < 0.75 * math.log(16)
 
 
-def test_a_straggler_does_not_hold_the_others_and_keeps_the_same_globals(local_ray, tmp_path):
+def test_a_straggler_does_not_hold_the_others_and_keeps_the_same_globals(
+    local_ray, tmp_path, capsys
+):
     # group 2 falls 1.5 s further behind every 10 steps (one round); rounds close 1 s after
     # their first payload
     cfg = _cfg(tmp_path, "--run.name=slow", "--transport.round_deadline_s=1.0")
@@ -81,6 +91,8 @@ def test_a_straggler_does_not_hold_the_others_and_keeps_the_same_globals(local_r
     late = [res.faults["late"] for res in result.groups]
     assert late[2] >= 3 and result.groups[2].faults["adopted"] >= late[2]
     assert late[0] + late[1] < late[2]  # (a loaded machine may make the others late once)
+    said = capsys.readouterr().out  # every payload left out gets its console line
+    assert said.count("group 2: its payload for fragment") >= late[2]
     assert all(len(res.train_loss) == 60 for res in result.groups)
 
 

@@ -98,8 +98,8 @@ class RankActor:
     def recovery_state(self):
         return self.trainer.recovery_state()
 
-    def recover(self, state) -> int:
-        return self.trainer.recover(state)
+    def recover(self, state, totals=None) -> int:
+        return self.trainer.recover(state, totals)
 
     def global_state(self):
         return self.trainer.global_state()

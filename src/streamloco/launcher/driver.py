@@ -254,7 +254,9 @@ class _Driver:
             # Actor calls run in order: setup, then recover from the peer's state, passed as a
             # reference, so it moves from the peer to the newcomer without touching the driver.
             self.pending[setup] = ("setup", g, r2, join, gen)
-            self.pending[actor.recover.remote(states[0])] = ("recovered", g, r2, join, gen)
+            totals = self.collector.totals(g, with_bytes=r2 == 0)
+            call = actor.recover.remote(states[0], totals)
+            self.pending[call] = ("recovered", g, r2, join, gen)
         self.queued[g] = join
         self.say(
             f"starting a replacement for group {g}: it recovers from group {peer} at step {join}"

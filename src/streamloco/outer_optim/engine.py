@@ -68,6 +68,8 @@ class SyncEvent:
     groups: int = 0  # apply: payloads that took part
     excluded: tuple[tuple[int, str], ...] = ()  # apply: (group, why) left out of the mean
     adopted: bool = False  # apply: own payload not in the mean -> local fragment = global
+    own_missing: bool = False  # apply: own payload not in the round at all (late or lost)
+    received_bytes: int = 0  # apply: the other groups' payloads in the round
     abstained: bool = False  # send: own delta was not finite -> sent an empty payload
     sent_at: int = 0  # apply: the step the round's payloads were sent at
 
@@ -217,6 +219,8 @@ class StreamingEngine:
             groups=used,
             excluded=tuple(excluded),
             adopted=not own_used,
+            own_missing=self.transport.group not in payloads,
+            received_bytes=sum(len(b) for g, b in payloads.items() if g != self.transport.group),
             sent_at=flight.send_step,
         )
 

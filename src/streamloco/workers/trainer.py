@@ -31,7 +31,7 @@ from streamloco.outer_optim.engine import (
     SyncEvent,
 )
 from streamloco.outer_optim.transport import DrillTransport, Transport
-from streamloco.records import ChunkReport, EvalRecord, RoundRecord, SendRecord
+from streamloco.records import ChunkReport, EvalRecord, GroupTotals, RoundRecord, SendRecord
 from streamloco.workers.data_source import DataSource, build_data_source
 from streamloco.workers.inner import build_inner_optimizer
 from streamloco.workers.model import (
@@ -217,7 +217,7 @@ class Trainer:
                     step=ev.step,
                     sent_at=ev.sent_at,
                     bytes_sent=sent,
-                    bytes_received=max(ev.payload_bytes - sent, 0),
+                    bytes_received=ev.received_bytes,
                     bytes_before_zstd=ev.raw_bytes,
                     quant_rel_error=ev.quant_rel_error,
                     mean_delta_norm=ev.mean_delta_norm,
@@ -239,6 +239,12 @@ class Trainer:
         if not ev.adopted:
             return
         self.faults["adopted"] += 1
+        if ev.own_missing:
+            rep.messages.append(
+                f"group {g}: its payload for fragment {ev.fragment} (sent at step {ev.sent_at}) "
+                "missed the round (late for the round deadline, or lost): left out of the mean, "
+                "this group takes the global fragment"
+            )
         # A diverged local model (NaN/Inf) would keep poisoning its next sends: restart this
         # group from the global parameters with fresh AdamW moments. All ranks agree: DDP keeps
         # their local models equal.
@@ -305,9 +311,16 @@ class Trainer:
         parameters, outer momentum, step). A collective when K > 1; take it when idle."""
         return self.engine.state_dict()
 
-    def recover(self, state: Mapping) -> int:
+    def recover(self, state: Mapping, totals: GroupTotals | None = None) -> int:
         """Become a member at the peer's step: local = global, fresh AdamW moments, the lr
-        schedule at that step. Returns the bytes received (global + momentum)."""
+        schedule at that step. `totals`: the dead group's counters at its last report, so its
+        byte and blocked-time series go on from there (they belong to the group, not to this
+        process); the driver gives the bytes to rank 0 only, so the group's sums stay right.
+        Returns the bytes received (global + momentum), which are counted apart."""
+        if totals is not None:
+            stats = self.transport.stats
+            stats.bytes_sent, stats.bytes_received = totals.bytes_sent, totals.bytes_received
+            self.blocked_s = totals.blocked_s
         self.engine.load_state_dict(state)
         load_global(self.model, self.engine.global_state())
         self.opt.state.clear()
