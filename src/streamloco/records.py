@@ -191,8 +191,7 @@ def json_lines(rep: ChunkReport) -> Iterator[dict]:
     """One line per step, round and evaluation of a group's chunk; each carries `record` (its
     kind), `group` and `step`, so a resumed run can cut the file at its checkpoint step."""
     g = rep.group
-    for i, loss in enumerate(rep.losses):
-        lr = rep.lrs[i] if i < len(rep.lrs) else None
+    for i, (loss, lr) in enumerate(zip(rep.losses, rep.lrs, strict=True)):
         yield {"record": "step", "group": g, "step": rep.first_step + i, "loss": loss, "lr": lr}
     for r in rep.rounds:
         yield {"record": "round", "group": g, **asdict(r)}

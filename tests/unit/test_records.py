@@ -71,14 +71,14 @@ def test_records_jsonl_holds_what_the_result_holds(tmp_path):
 
 def test_a_resumed_log_drops_what_came_after_its_checkpoint(tmp_path):
     path = tmp_path / "records.jsonl"
-    rep = records.ChunkReport(group=0, rank=0, first_step=1, step=20, losses=[1.0] * 20)
+    rep = records.ChunkReport(0, 0, first_step=1, step=20, losses=[1.0] * 20, lrs=[0.1] * 20)
     log = RecordLog(path)
     log.write(rep)
     log.close()
     with path.open("ab") as f:
         f.write(b'{"record": "step", "gro')  # a driver killed mid-line
     log = RecordLog(path, resume_step=12)
-    log.write(records.ChunkReport(group=0, rank=0, first_step=13, step=13, losses=[0.5]))
+    log.write(records.ChunkReport(0, 0, first_step=13, step=13, losses=[0.5], lrs=[0.1]))
     log.close()
     lines = read_records(path)
     assert [(ln["step"], ln["loss"]) for ln in lines] == [(s, 1.0) for s in range(1, 13)] + [
