@@ -254,7 +254,7 @@ def create_coordinator(
     min_groups: int = 1,
 ):
     """Start the named coordinator actor for `num_groups` groups; returns its handle once it
-    answers, so that the first round's timeouts do not include the actor's start (~1 s)."""
+    answers, so that the first round's timeouts do not include the actor's start."""
     if num_groups < 1:
         raise ValueError(f"coordinator: num_groups must be >= 1, got {num_groups}")
     handle = _CoordinatorActor.options(
