@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import pickle
 import re
 import subprocess
 import sys
@@ -442,19 +443,86 @@ class Payload:
         return (UNPICKLED.append, ("code ran",))
 
 
-def test_arbitrary_object_is_refused_even_with_a_valid_checksum(tmp_path):
-    path = save_checkpoint(tmp_path, 1, small_state(1))
-    state_pt = path / "state.pt"
-    torch.save({"w": torch.ones(2), "evil": Payload()}, state_pt)
+class RunsAShellCommand:
+    """Stands for the classic attack: unpickling calls os.system (pickled as posix.system)."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return (os.system, (f"touch {self.marker}",))
+
+
+class Plain:
+    """An arbitrary class: harmless here, but weights_only loading refuses any unlisted global."""
+
+
+def _rechecksum(path: Path) -> None:
+    """Make meta.json match whatever state.pt now holds, as an attacker would."""
+    data = (path / "state.pt").read_bytes()
     meta = json.loads((path / "meta.json").read_text())
-    data = state_pt.read_bytes()
     meta.update(state_size=len(data), state_sha256=hashlib.sha256(data).hexdigest())
     (path / "meta.json").write_text(json.dumps(meta))
 
+
+def _forge(path: Path, payload) -> None:
+    torch.save({"w": torch.ones(2), "evil": payload}, path / "state.pt")
+    _rechecksum(path)
+
+
+@pytest.mark.parametrize(
+    ("payload", "needs"),
+    [
+        (lambda tmp: Payload(), "global 'getattr'"),  # getattr(list, 'append') via copyreg
+        (lambda tmp: RunsAShellCommand(tmp / "pwned"), "global 'posix.system'"),
+        (lambda tmp: Plain(), f"global '{__name__}.Plain'"),
+    ],
+    ids=["bound-method", "os.system", "class"],
+)
+def test_arbitrary_object_is_refused_even_with_a_valid_checksum(tmp_path, payload, needs):
+    path = save_checkpoint(tmp_path / "ckpt", 1, small_state(1))
+    _forge(path, payload(tmp_path))
+
     with pytest.raises(CheckpointError, match="refused to unpickle") as err:
         load_checkpoint(path)
-    assert str(path) in str(err.value)
-    assert UNPICKLED == []
+    msg = str(err.value)
+    assert str(path) in msg
+    # Says what was refused, and never advises turning the safety off.
+    assert f"needs {needs}, which safe loading does not allow" in msg, msg
+    assert "weights_only" not in msg and "add_safe_globals" not in msg, msg
+    # torch's advice must not reach a traceback through the exception chain either.
+    assert err.value.__cause__ is None and err.value.__suppress_context__
+    assert UNPICKLED == [] and not (tmp_path / "pwned").exists()
+
+
+def test_a_torchscript_file_is_refused_without_advice(tmp_path):
+    path = save_checkpoint(tmp_path, 1, small_state(1))
+    with warnings.catch_warnings():
+        # torch.jit is deprecated, and torch.load says it "looks like a TorchScript archive"
+        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)
+        torch.jit.save(torch.jit.script(torch.nn.Linear(2, 2)), path / "state.pt")
+        _rechecksum(path)
+        with pytest.raises(CheckpointError, match="safe loading cannot read TorchScript") as err:
+            load_checkpoint(path)
+    assert "weights_only" not in str(err.value) and err.value.__cause__ is None
+
+
+def test_an_unfamiliar_refusal_keeps_the_reason_and_drops_the_advice():
+    # A refusal torch words in a way _REFUSED does not know, shaped as torch 2.x wraps them.
+    from streamloco.launcher.checkpoint import _unpickle_reason
+
+    err = pickle.UnpicklingError(
+        "Weights only load failed. In PyTorch 2.6, we changed the default value of the "
+        "`weights_only` argument in `torch.load` from `False` to `True`. Re-running `torch.load` "
+        "with `weights_only` set to `False` will likely succeed, but it can result in arbitrary "
+        "code execution. Do it only if you got the file from a trusted source.\n"
+        "Please file an issue with the following so that we can make `weights_only=True` "
+        "compatible with your use case: WeightsUnpickler error: \n\nUnsupported operand 149\n\n"
+        "Check the documentation of torch.load to learn more about types accepted by default "
+        "with weights_only https://pytorch.org/docs/stable/generated/torch.load.html."
+    )
+    assert _unpickle_reason(err) == "Unsupported operand 149"
 
 
 Pair = namedtuple("Pair", "a b")

@@ -428,7 +428,8 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> tuple[dict, dict]:
 
     Raises `CheckpointError` naming `path` and the reason if meta.json is missing or invalid,
     state.pt's size or sha256 differ from meta.json, or ``torch.load(weights_only=True)`` refuses
-    or fails on it.
+    or fails on it. A refusal names what the file needed (e.g. global 'posix.system'); torch's
+    advice to retry without weights_only is dropped, from the message and the exception chain.
     """
     path = Path(path)
 
@@ -456,9 +457,12 @@ def load_checkpoint(path: Path, map_location: Any = "cpu") -> tuple[dict, dict]:
             try:
                 state = torch.load(f, map_location=map_location, weights_only=True)
             except pickle.UnpicklingError as e:
-                raise fail(f"{STATE_FILE}: refused to unpickle: {_unpickle_reason(e)}") from e
+                # `from None`: torch's own message, chained, would print its advice to load with
+                # weights_only=False in the traceback; the reason is in ours.
+                raise fail(f"{STATE_FILE}: refused to unpickle: {_unpickle_reason(e)}") from None
             except Exception as e:
-                raise fail(f"{STATE_FILE}: torch.load failed: {_first_line(e)}") from e
+                # Some of these carry the same advice (a TorchScript or legacy .tar file).
+                raise fail(f"{STATE_FILE}: torch.load failed: {_without_advice(e)}") from None
     except FileNotFoundError as e:
         raise fail(f"{STATE_FILE} is missing") from e
     except OSError as e:
@@ -509,19 +513,42 @@ def _read_meta(path: Path) -> dict:
     return meta
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip()
-    return text.splitlines()[0] if text else type(e).__name__
+# What torch's weights_only unpickler refused, as torch 2.x words it. The message wraps this in
+# advice to retry with weights_only=False (or to allow-list the global): advice that must never
+# reach someone looking at a checkpoint that may be hostile. So the reason is rebuilt from these.
+_REFUSED = (
+    (re.compile(r"GLOBAL (\S+) (?:was not an allowed global|whose module)"), "needs global '{}'"),
+    (
+        re.compile(r"call reduce for unrecognized function (.+?)(?: which belongs to |$)", re.M),
+        "needs to call {}",
+    ),
+    (re.compile(r"create new object .* but got (.+)$", re.M), "needs to construct {}"),
+)
+# Sentences of torch's message that advise on turning the check off or point to its docs.
+_ADVICE = re.compile(
+    r"weights.only|safe_globals|trusted source|arbitrary code|file an issue|documentation|https?:",
+    re.I,
+)
 
 
 def _unpickle_reason(e: BaseException) -> str:
-    # torch's message is a page of advice on how to turn the check off; keep only what it refused.
-    marker = "WeightsUnpickler error:"
     text = str(e)
-    if marker in text:
-        line = text.split(marker, 1)[1].strip().splitlines()[0]
-        return line.split(". Please use", 1)[0].rstrip(".")
-    return _first_line(e)
+    for pattern, needs in _REFUSED:
+        m = pattern.search(text)
+        if m is not None:
+            return (
+                f"the checkpoint {needs.format(m.group(1))}, which safe loading does not allow "
+                "(save_checkpoint never writes such a file)"
+            )
+    return _without_advice(e)
+
+
+def _without_advice(e: BaseException) -> str:
+    """torch's message with the sentences that advise turning safe loading off removed."""
+    text = re.sub(r"Cannot use `*weights_only=True`* with", "safe loading cannot read", str(e))
+    sentences = re.split(r"(?<=\.)\s+|\n+", text.replace("``", ""))
+    kept = [x.strip() for x in sentences if x.strip() and not _ADVICE.search(x)]
+    return " ".join(kept).rstrip(".") or f"{type(e).__name__} (safe loading refused it)"
 
 
 def load_latest(root: Path, map_location: Any = "cpu") -> tuple[Path, dict, dict] | None:
