@@ -1,9 +1,17 @@
 """The command line end to end: a smoke run writes TensorBoard files that TensorBoard reads."""
 
+import os
+import subprocess
+import sys
+
 import pytest
+import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
+from helpers import ROOT
 from streamloco.cli import main
+from streamloco.config import load_config
+from streamloco.launcher.checkpoint import save_checkpoint
 
 
 def test_help_lists_only_working_subcommands(capsys):
@@ -83,3 +91,37 @@ def test_config_and_fragments_subcommands(capsys):
     )
     out = capsys.readouterr().out
     assert "123,587,328" in out and out.count("%") == 4
+
+
+def test_resume_reports_a_damaged_checkpoint_once(tmp_path):
+    # A fresh interpreter, as `streamloco train --resume` runs: default logging and warnings.
+    run_dir = tmp_path / "run"
+    cfg = load_config(
+        ROOT / "configs" / "smoke.toml", ["--train.steps=2", "--inner.warmup_steps=1"]
+    )
+    (run_dir / "checkpoints").mkdir(parents=True)
+    (run_dir / "config.toml").write_text(cfg.to_toml())
+    for step in (2, 3):
+        save_checkpoint(
+            run_dir / "checkpoints",
+            step,
+            {"step": step, "w": torch.ones(4)},
+            meta={"config_toml": cfg.to_toml()},
+        )
+    newest = run_dir / "checkpoints" / "step-00000003" / "state.pt"
+    data = bytearray(newest.read_bytes())
+    data[len(data) // 2] ^= 0x01
+    newest.write_bytes(bytes(data))
+    # Step 2 loads, then check_resumable stops the run (train.steps=2: nothing left to do)
+    # before Ray starts, so this costs an import of Ray, no cluster.
+    proc = subprocess.run(
+        [sys.executable, "-m", "streamloco.cli", "train", "--resume", str(run_dir)],
+        capture_output=True,
+        text=True,
+        timeout=240,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
+    assert proc.returncode == 2, proc.stderr
+    assert "nothing left to do" in proc.stderr, proc.stderr
+    assert proc.stderr.count("sha256 mismatch") == 1, proc.stderr
+    assert proc.stderr.count("step-00000003") == 1, proc.stderr

@@ -554,10 +554,11 @@ def _without_advice(e: BaseException) -> str:
 def load_latest(root: Path, map_location: Any = "cpu") -> tuple[Path, dict, dict] | None:
     """Load the newest loadable checkpoint under `root`: ``(path, state, meta)``, or None if none.
 
-    A damaged checkpoint is skipped with a `CheckpointWarning` (and a log warning) naming it and
-    the reason, and the previous one is tried. If checkpoints exist but none loads, raise
-    `CheckpointError` listing each with its reason. Meant for the run that owns `root` when it
-    resumes: it first moves back a checkpoint that a crash left aside mid-replace.
+    A damaged checkpoint is skipped with a `CheckpointWarning` (and nothing else, so it is
+    printed once) naming it and the reason, and the previous one is tried. If checkpoints exist
+    but none loads, raise `CheckpointError` listing each with its reason. Meant for the run that
+    owns `root` when it resumes: it first moves back a checkpoint that a crash left aside
+    mid-replace.
     """
     root = Path(root)
     if root.is_dir():
@@ -567,9 +568,11 @@ def load_latest(root: Path, map_location: Any = "cpu") -> tuple[Path, dict, dict
         try:
             state, meta = load_checkpoint(path, map_location)
         except CheckpointError as e:
-            msg = f"skipping damaged checkpoint {path}: {e}"
-            logger.warning("%s", msg)
-            warnings.warn(msg, CheckpointWarning, stacklevel=2)
+            # One channel only: a logger.warning as well printed every skip twice (with no
+            # handler configured, as in the CLI, logging's last resort writes to stderr too).
+            # Whoever wants it in the logs can route warnings there (logging.captureWarnings).
+            # `e` already reads "checkpoint <path>: <reason>".
+            warnings.warn(f"skipping damaged {e}", CheckpointWarning, stacklevel=2)
             failures.append(str(e))
             continue
         return path, state, meta
