@@ -18,29 +18,36 @@ def _load(args: argparse.Namespace, overrides: list[str]) -> Config:
 
 
 def cmd_simulate(args: argparse.Namespace, overrides: list[str]) -> int:
+    from streamloco.launcher.preflight import check_job_run_dir
     from streamloco.results import summarize
     from streamloco.simulate import run_and_report
 
     cfg = _load(args, overrides)
     run_dir = Path(cfg.run.out_dir) / cfg.run.name
+    check_job_run_dir(run_dir)
+    shown = run_dir.absolute()  # a relative path means nothing once the console is elsewhere
     print(
         f"streamloco simulate: {cfg.train.groups} groups in threads of one process, "
-        f"run dir {run_dir}",
+        f"run dir {shown}",
         flush=True,
     )
     result = run_and_report(cfg, run_dir, progress=not args.no_progress)
     print(summarize(cfg, result))
     if cfg.run.tensorboard:
-        print(f"watch it: tensorboard --logdir {run_dir / 'tb'}")
+        print(f"watch it: tensorboard --logdir {shown / 'tb'}")
     return 0
 
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     from streamloco.launcher.drills import Fault
     from streamloco.launcher.driver import TrainingFailed, train
+    from streamloco.launcher.preflight import check_job_run_dir
     from streamloco.results import summarize
 
+    # Checked here as well as in train()'s preflight: before a relative path is looked at or
+    # shown (in a Ray job it names the job's temporary working dir).
     if args.resume is not None:
+        check_job_run_dir(args.resume, "--resume")
         saved = args.resume / "config.toml"
         if args.config is not None:
             raise ValueError("--resume takes the run's own config.toml: drop --config")
@@ -51,11 +58,13 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     else:
         cfg = _load(args, overrides)
         run_dir = Path(cfg.run.out_dir) / cfg.run.name
+        check_job_run_dir(run_dir)
         ckpts = run_dir / "checkpoints"
         if cfg.run.on_existing == "resume" and ckpts.is_dir() and any(ckpts.iterdir()):
             args.resume = run_dir  # a resubmitted job: continue where the last driver stopped
     m, k = cfg.train.groups, cfg.cluster.ranks_per_group
-    print(f"streamloco train: {m} groups x {k} ranks on Ray, run dir {run_dir}", flush=True)
+    shown = run_dir.absolute()  # a relative path means nothing once the console is elsewhere
+    print(f"streamloco train: {m} groups x {k} ranks on Ray, run dir {shown}", flush=True)
     try:
         result = train(
             cfg,
@@ -67,14 +76,14 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     except TrainingFailed as e:
         print(f"streamloco: training failed: {e}", file=sys.stderr)
         print(
-            f"streamloco: continue from the last checkpoint: streamloco train --resume {run_dir}",
+            f"streamloco: continue from the last checkpoint: streamloco train --resume {shown}",
             file=sys.stderr,
         )
         return 1
     print(summarize(cfg, result))
-    print(f"checkpoints: {run_dir / 'checkpoints'}")
+    print(f"checkpoints: {shown / 'checkpoints'}")
     if cfg.run.tensorboard:
-        print(f"watch it: tensorboard --logdir {run_dir / 'tb'}")
+        print(f"watch it: tensorboard --logdir {shown / 'tb'}")
     return 0
 
 

@@ -162,6 +162,8 @@ def test_train_job_runs_and_writes_tensorboard_events(ray_head, tmp_path):
     job_id = re.search(r"streamloco-\d{8}-\d{6}-\d+", log).group(0)
     info = _get_json(f"{ray_head['address']}/api/jobs/{job_id}", ray_head["token"])
     assert info["status"] == "SUCCEEDED", info
+    assert f"run dir {out / 'job'}\n" in log, log
+    assert f"tensorboard --logdir {out / 'job' / 'tb'}\n" in log, log
 
     events = sorted((out / "job" / "tb").glob("events.out.tfevents.*"))
     assert events, f"no TensorBoard events under {out / 'job' / 'tb'}:\n{log}"
@@ -185,6 +187,18 @@ def test_missing_config_fails_with_the_error_shown(ray_head, tmp_path):
     assert r.returncode != 0, log
     assert "configs/no_such_config.toml does not exist" in log, log
     assert "did not succeed" in r.stderr, log
+
+
+def test_relative_out_dir_in_a_job_is_refused_with_the_fix(ray_head, tmp_path):
+    # Without --run.out_dir the run would land in the job's copy of the upload (config default
+    # run.out_dir = "runs"), out of the submitter's sight: the job must fail before training.
+    r = _submit(ray_head, "train", "--config", "configs/smoke.toml", "--run.name=rel", cwd=tmp_path)
+    log = r.stdout + r.stderr
+    assert r.returncode != 0, log
+    assert "run.out_dir: runs/rel is a relative path, and inside Ray job streamloco-" in log, log
+    assert "--run.out_dir=/shared/runs" in log, log
+    assert "did not succeed" in r.stderr, log
+    assert "streamloco train:" not in log, log  # failed before anything was trained or shown
 
 
 def test_unreachable_head_is_one_clear_line(tmp_path):
