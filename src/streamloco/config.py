@@ -316,6 +316,19 @@ def _unknown(kind: str, key: str, known: list[str]) -> ValueError:
     return ValueError(f"unknown {kind} '{key}'{hint}; valid: {', '.join(known)}")
 
 
+def _checked(section: str, key: str, value: Any) -> Any:
+    """`value` for `section.key`, coerced; ValueError if the section or key is unknown or the
+    value has the wrong type. Checks this one entry only (the cross-field ones are `validate`)."""
+    sections = _sections()
+    if section not in sections:
+        raise _unknown("section", section, list(sections))
+    cls = sections[section]
+    hints = typing.get_type_hints(cls)
+    if key not in hints:
+        raise _unknown("key", f"{section}.{key}", [f.name for f in dataclasses.fields(cls)])
+    return _coerce(f"{section}.{key}", value, hints[key])
+
+
 def from_dict(data: dict[str, Any]) -> Config:
     """Build and validate a Config from nested dicts ({section: {key: value}})."""
     sections = _sections()
@@ -325,15 +338,8 @@ def from_dict(data: dict[str, Any]) -> Config:
             raise _unknown("section", section, list(sections))
         if not isinstance(values, dict):
             raise ValueError(f"{section}: expected a table of keys, got {values!r}")
-        values = dict(values)  # the caller's dict stays untouched
-        cls = sections[section]
-        hints = typing.get_type_hints(cls)
-        names = [f.name for f in dataclasses.fields(cls)]
-        for key, value in values.items():
-            if key not in hints:
-                raise _unknown("key", f"{section}.{key}", names)
-            values[key] = _coerce(f"{section}.{key}", value, hints[key])
-        kwargs[section] = cls(**values)
+        values = {key: _checked(section, key, value) for key, value in values.items()}
+        kwargs[section] = sections[section](**values)
     cfg = Config(**kwargs)
     validate(cfg)
     return cfg
@@ -365,23 +371,44 @@ def read_toml(path: Path, what: str) -> dict[str, Any]:
 def load_config(
     path: str | Path | None = None, overrides: list[str] | tuple[str, ...] = ()
 ) -> Config:
-    """Defaults <- TOML file <- `--section.key=value` overrides, then validate."""
+    """Defaults <- TOML file <- `--section.key=value` overrides, then validate.
+
+    A ValueError names where the bad input came from, so a typo is looked for in the right place:
+
+    - an unknown section or key, or a value of the wrong type, in the file: ``{path}: ...``;
+    - the same in an override: the override as given, ``--outer.fragmets=2: unknown key ...``;
+    - a range or cross-field check (`validate`) fails on the combination, and the culprit may be
+      either (e.g. the file's outer.sync_every against an --outer.overlap): ``{path} with
+      --a=1 --b=2: ...``, naming the file and every override given (whichever there are).
+    """
     data: dict[str, dict[str, Any]] = {}
     if path is not None:
         path = Path(path)
         data = read_toml(path, "config file")
+        # Each entry is checked here on its own so that its errors name the file; what
+        # from_dict does after merging can then only fail on the combination.
+        try:
+            for section, values in data.items():
+                if not isinstance(values, dict):
+                    raise ValueError(f"{section}: expected a table of keys, got {values!r}")
+                for key, value in values.items():
+                    _checked(section, key, value)
+        except ValueError as e:
+            raise ValueError(f"{path}: {e}") from None
     for arg in overrides:
-        key, value = _parse_override(arg)
+        key, value = _parse_override(arg)  # its errors already quote the override
         section, name = key.split(".")
-        section_values = data.setdefault(section, {})
-        if not isinstance(section_values, dict):
-            raise ValueError(f"{section}: expected a table of keys")
-        section_values[name] = value
+        try:
+            _checked(section, name, value)
+        except ValueError as e:
+            raise ValueError(f"{arg}: {e}") from None
+        data.setdefault(section, {})[name] = value  # the file's sections are tables (above)
     try:
         return from_dict(data)
     except ValueError as e:
-        where = f"{path}: " if path is not None else ""
-        raise ValueError(f"{where}{e}") from None
+        given = " ".join(overrides)
+        where = f"{path} with {given}" if path is not None and given else str(path or given)
+        raise ValueError(f"{where}: {e}" if where else str(e)) from None
 
 
 def _check(cond: bool, key: str, why: str) -> None:

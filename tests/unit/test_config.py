@@ -89,6 +89,47 @@ def test_file_errors_name_the_file(tmp_path):
         load_config(bad)
 
 
+def test_override_errors_name_the_override_not_the_file(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text("[outer]\nfragments = 2\n")
+    for arg, why in [
+        ("--outer.fragmets=2", "unknown key 'outer.fragmets' (did you mean 'fragments'?)"),
+        ("--outr.fragments=2", "unknown section 'outr' (did you mean 'outer'?)"),
+        ("--outer.fragments=two", "outer.fragments: expected int, got str 'two'"),
+        ("--outer.pattern=random", "outer.pattern: 'random' is not one of"),
+    ]:
+        with pytest.raises(ValueError) as err:
+            load_config(good, [arg])
+        msg = str(err.value)
+        assert msg.startswith(f"{arg}: {why}"), msg
+        assert "good.toml" not in msg, msg  # the file is fine: do not send the user there
+
+
+def test_file_errors_keep_the_file_even_with_overrides(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[outer]\nfragmets = 2\n")
+    with pytest.raises(ValueError) as err:
+        load_config(bad, ["--outer.fragments=2"])  # the override is fine
+    msg = str(err.value)
+    assert msg.startswith(f"{bad}: unknown key 'outer.fragmets'"), msg
+    assert "--outer" not in msg, msg
+
+
+def test_cross_field_errors_name_the_file_and_the_overrides(tmp_path):
+    # sync_every comes from the file, overlap from the command line: both are named.
+    path = tmp_path / "h.toml"
+    path.write_text("[outer]\nsync_every = 100\nfragments = 4\n")
+    with pytest.raises(ValueError) as err:
+        load_config(path, ["--outer.overlap=26", "--run.name=x"])
+    assert str(err.value).startswith(
+        f"{path} with --outer.overlap=26 --run.name=x: outer.overlap:"
+    ), err.value
+    # Without a file, the overrides alone are the source.
+    with pytest.raises(ValueError) as err:
+        load_config(None, ["--train.groups=0"])
+    assert str(err.value).startswith("--train.groups=0: train.groups: must be >= 1"), err.value
+
+
 def test_malformed_override_is_rejected():
     with pytest.raises(ValueError, match=r"--section.key=value"):
         load_config(None, ["--fragments=2"])
