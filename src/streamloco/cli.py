@@ -213,15 +213,19 @@ def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
+    # allow_abbrev=False everywhere: argparse would take `--resum x` for `--resume x` (and would
+    # quietly change meaning once a second flag shares the prefix). Subparsers do not inherit it
+    # (add_parser builds each from its own keyword arguments), so every one is given it.
     parser = argparse.ArgumentParser(
         prog="streamloco",
         description="Streaming DiLoCo pretraining across loosely connected compute islands.",
         epilog="Config overrides: --section.key=value (see `streamloco config --explain`).",
+        allow_abbrev=False,
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
     def add(name: str, func, help_: str, parent=sub, config: bool = True):
-        p = parent.add_parser(name, help=help_, description=help_)
+        p = parent.add_parser(name, help=help_, description=help_, allow_abbrev=False)
         if config:
             p.add_argument("--config", type=Path, default=None, help="TOML run config")
         p.set_defaults(func=func)
@@ -269,17 +273,17 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--explain", action="store_true", help="list every key with its doc")
     add("fragments", cmd_fragments, "show how the model is cut into fragments")
 
-    data = sub.add_parser("data", help="corpus and token shards").add_subparsers(
-        dest="data_command", required=True
-    )
+    data = sub.add_parser(
+        "data", help="corpus and token shards", allow_abbrev=False
+    ).add_subparsers(dest="data_command", required=True)
     p = add("demo", cmd_data_demo, "write the embedded low-resource demo corpus", data, False)
     p.add_argument("out_dir", help="output directory (e.g. data/demo)")
     p = add("tokenize", cmd_data_tokenize, "tokenize corpus.inputs into zstd token shards", data)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
-    tok = sub.add_parser("tokenizer", help="SentencePiece tokenizer").add_subparsers(
-        dest="tokenizer_command", required=True
-    )
+    tok = sub.add_parser(
+        "tokenizer", help="SentencePiece tokenizer", allow_abbrev=False
+    ).add_subparsers(dest="tokenizer_command", required=True)
     add(
         "train",
         cmd_tokenizer_train,

@@ -1,5 +1,6 @@
 """The command line end to end: a smoke run writes TensorBoard files that TensorBoard reads."""
 
+import argparse
 import os
 import subprocess
 import sys
@@ -9,7 +10,7 @@ import torch
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from helpers import ROOT
-from streamloco.cli import main
+from streamloco.cli import build_parser, main
 from streamloco.config import load_config
 from streamloco.launcher.checkpoint import save_checkpoint
 
@@ -72,6 +73,43 @@ def test_bad_config_exits_nonzero_naming_the_key(capsys):
     assert rc == 2
     err = capsys.readouterr().err
     assert "outer.overlap" in err and "smoke.toml" in err
+
+
+ABBREVIATED = [
+    (["train", "--resum", "runs/x"], "--resum"),  # would have meant --resume
+    (["train", "--resum=runs/x"], "--resum=runs/x"),
+    (["simulate", "--no-prog"], "--no-prog"),  # --no-progress
+    (["bench", "--pre", "quick"], "--pre"),  # --preset
+    (["config", "--conf", "configs/demo.toml"], "--conf"),  # --config
+    (["data", "tokenize", "--no-prog"], "--no-prog"),  # a sub-subcommand
+    (["tokenizer", "report", "--ref", "eng"], "--ref"),  # --reference
+]
+
+
+@pytest.mark.parametrize(("argv", "flag"), ABBREVIATED, ids=[" ".join(a) for a, _ in ABBREVIATED])
+def test_abbreviated_flags_are_refused(argv, flag, capsys, tmp_path, monkeypatch):
+    # Should a flag be taken for the one it abbreviates, the command must fail fast and write
+    # nothing into the repository: an invalid override, run from an empty directory.
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(SystemExit) as e:
+        main([*argv, "--train.groups=0"])
+    assert e.value.code == 2
+    err = capsys.readouterr().err
+    assert f"unrecognized arguments: {flag}" in err, err
+
+
+def test_every_parser_refuses_abbreviations():
+    # A subcommand added later without allow_abbrev=False would accept them again.
+    def walk(parser):
+        yield parser
+        for action in parser._actions:
+            if isinstance(action, argparse._SubParsersAction):
+                for child in action.choices.values():
+                    yield from walk(child)
+
+    parsers = list(walk(build_parser()))
+    assert len(parsers) > 8
+    assert [p.prog for p in parsers if p.allow_abbrev] == []
 
 
 def test_config_and_fragments_subcommands(capsys):
