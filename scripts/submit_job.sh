@@ -34,6 +34,19 @@ command -v ray >/dev/null ||
     die "'ray' is not on PATH: activate the venv streamloco is installed in (. .venv/bin/activate)"
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-token}"
 
+# Ray reads the token from $RAY_AUTH_TOKEN, else the file $RAY_AUTH_TOKEN_PATH, else
+# ~/.ray/auth_token; `ray get-auth-token --generate` writes that file with the umask's mode
+# (often 644), and whoever reads the token can run code on the cluster. Warn, do not refuse.
+token_file="${RAY_AUTH_TOKEN_PATH:-$HOME/.ray/auth_token}"
+if [[ -z "${RAY_AUTH_TOKEN:-}" && -f "$token_file" ]]; then
+    mode="$(ls -lLd -- "$token_file")"  # -rw-r--r--: group read at 4, others' at 7 (POSIX)
+    if [[ "${mode:4:1}${mode:7:1}" == *r* ]]; then
+        echo "submit_job.sh: warning: Ray's auth token $token_file is readable by other users" \
+            "(${mode:0:10}), and with it anyone can run code on the cluster:" \
+            "chmod 600 $token_file" >&2
+    fi
+fi
+
 # A quick TCP check turns "head not running" into one clear line instead of a traceback.
 if [[ "$address" =~ ^(https?://)?([^/:]+)(:([0-9]+))?(/|$) ]]; then  # no scheme: Ray says http
     host="${BASH_REMATCH[2]}"

@@ -39,6 +39,7 @@ def cmd_simulate(args: argparse.Namespace, overrides: list[str]) -> int:
 
 
 def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
+    from streamloco.launcher.cluster import warn_if_token_readable
     from streamloco.launcher.drills import Fault
     from streamloco.launcher.driver import TrainingFailed, train
     from streamloco.launcher.preflight import check_job_run_dir
@@ -65,6 +66,7 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
     m, k = cfg.train.groups, cfg.cluster.ranks_per_group
     shown = run_dir.absolute()  # a relative path means nothing once the console is elsewhere
     print(f"streamloco train: {m} groups x {k} ranks on Ray, run dir {shown}", flush=True)
+    warn_if_token_readable()  # a token others can read gives them the cluster
     try:
         result = train(
             cfg,

@@ -163,6 +163,7 @@ def test_train_job_runs_and_writes_tensorboard_events(ray_head, tmp_path):
     info = _get_json(f"{ray_head['address']}/api/jobs/{job_id}", ray_head["token"])
     assert info["status"] == "SUCCEEDED", info
     assert f"run dir {out / 'job'}\n" in log, log
+    assert "readable by other users" not in log, log  # the head's token file is 600
     assert f"tensorboard --logdir {out / 'job' / 'tb'}\n" in log, log
 
     events = sorted((out / "job" / "tb").glob("events.out.tfevents.*"))
@@ -213,4 +214,25 @@ def test_unreachable_head_is_one_clear_line(tmp_path):
         timeout=30,
     )
     assert r.returncode != 0
+    assert f"no Ray head answers at {address}" in r.stderr, r.stderr
+
+
+@pytest.mark.parametrize("mode", [0o644, 0o640, 0o600], ids=oct)
+def test_a_token_file_others_can_read_is_warned_about_before_submitting(tmp_path, mode):
+    token_path = tmp_path / "auth_token"
+    token_path.write_text(secrets.token_hex(32))
+    token_path.chmod(mode)
+    env = _clean_env(token_path)
+    address = f"http://127.0.0.1:{_free_port()}"  # nothing there: the check comes first
+    r = subprocess.run(
+        [str(SCRIPT), "--address", address, "--", "config"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode != 0
+    warning = f"submit_job.sh: warning: Ray's auth token {token_path} is readable by other users"
+    assert (warning in r.stderr) == bool(mode & 0o044), r.stderr
+    assert (f"chmod 600 {token_path}" in r.stderr) == bool(mode & 0o044), r.stderr
     assert f"no Ray head answers at {address}" in r.stderr, r.stderr
