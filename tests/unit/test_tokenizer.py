@@ -6,6 +6,9 @@ import hashlib
 import json
 import pickle
 import random
+import re
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -24,7 +27,12 @@ from streamloco.tokenizer.model import (
     TokenizerOptions,
 )
 from streamloco.tokenizer.report import fertility_report, format_report
-from streamloco.tokenizer.train import MAX_LINE_CHARS, split_line, train_tokenizer
+from streamloco.tokenizer.train import (
+    MAX_LINE_CHARS,
+    split_line,
+    train_tokenizer,
+    training_lines,
+)
 
 WORDS = {
     "spa": "el la de que y en los se del las un por con no una su para es al lo como más",
@@ -71,6 +79,7 @@ EDGE_CASES = [
     "combining: e\u0301 a\u0331 o\u0332 n\u0303",
     "apostrophes ’ ʼ ꞌ ´ ` '",
     "a literal \u2581 (SentencePiece's space) \u2581\u2581 twice",
+    "\u2585 bullets \u2585\u2585 (SentencePiece's unknown mark) and \u2047",
     "<2nya> is text, not a tag; <s></s><pad><unk>",
     "invisible\u200b\u00ad\ufeff and controls \x00\x07\x1b",
     "no-break\u00a0space and\u3000ideographic",
@@ -86,7 +95,7 @@ def test_round_trip_edge_cases(tok, text):
 @settings(max_examples=1000, deadline=None, derandomize=True)
 @given(
     st.text(max_size=80)
-    | st.text(alphabet="ab \t\n\r\u2581\u0301\u0331\u0332'’\u00a0日😀1<>", max_size=40)
+    | st.text(alphabet="ab \t\n\r\u2581\u2585\u0301\u0331\u0332'’\u00a0日😀1<>", max_size=40)
 )
 def test_round_trip_property(tok, text):
     ids = tok.encode(text)
@@ -180,6 +189,76 @@ def test_long_lines_are_trained_on(tmp_path):
     chunks = list(split_line("word " * 3000))
     assert all(len(c) <= MAX_LINE_CHARS for c in chunks)
     assert "".join(chunks) == "word " * 3000
+
+
+def _reserved_corpus() -> list[Document]:
+    """A language whose every line holds something SentencePiece's trainer treats specially."""
+    rng = random.Random(3)
+    words = ["zorkma", "blivet", "quux", "frobnic"]
+    marks = ["\u2581", "<s>", "</s>", "<unk>", "<pad>", "<0x41>", "<2nya>", "\x00", "<<s>"]
+    docs = []
+    for i in range(40):
+        lines = [
+            f"\u2585 {rng.choice(marks)}" + " ".join(rng.choice(words) for _ in range(6))
+            for _ in range(5)
+        ]
+        docs.append(Document("\n".join(lines), "res", "res.txt", i + 1))
+    return docs
+
+
+def test_lines_with_reserved_characters_are_trained_on(tmp_path):
+    # SentencePiece skips a whole sentence holding U+2585 (its internal unknown mark) and
+    # replaces the text of a meta piece (<s>, <0x41>, a tag...) with a space: a language that
+    # uses any of them on every line must still get its own pieces.
+    keep = NormalizeOptions(strip_invisible=False)  # let U+0000 reach the trainer
+    opts = TokenizerOptions(vocab_size=300, lang_tags=True, normalize=keep)
+    docs = [*_reserved_corpus(), Document("ab cd", "nya", "n", 1)]
+    tok = Tokenizer.load(train_tokenizer(docs, tmp_path / "res", opts))
+    assert tok.encode(" zorkma") == [tok._sp.piece_to_id("\u2581zorkma")]
+    for doc in docs:
+        assert tok.decode(tok.encode(doc.text)) == normalize(doc.text, keep)
+    assert tok.decode(tok.encode("<s>\u2585<0x41>")) == "<s>\u2585<0x41>"
+
+
+def _trainer_log_counts(lines: list[str], meta: list[str]) -> tuple[int, int]:
+    """(sentences, characters) SentencePiece reports having loaded, read from its own log."""
+    script = (
+        "import io, json, sys, sentencepiece as spm\n"
+        "lines, meta = json.load(sys.stdin)\n"
+        "spm.SentencePieceTrainer.train(sentence_iterator=iter(lines), model_writer=io.BytesIO(),"
+        " vocab_size=300, byte_fallback=True, normalization_rule_name='identity',"
+        " remove_extra_whitespaces=False, add_dummy_prefix=False, hard_vocab_limit=False,"
+        " user_defined_symbols=['\\n'], control_symbols=meta, minloglevel=0, num_threads=1)\n"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", script],
+        input=json.dumps([lines, meta]),
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    ).stderr
+    sentences = re.search(r"Loaded all (\d+) sentences", out)
+    chars = re.search(r"all chars count=(\d+)", out)
+    assert sentences and chars, out[-2000:]
+    return int(sentences.group(1)), int(chars.group(1))
+
+
+def test_sidecar_counts_what_sentencepiece_ingested(tmp_path):
+    docs = _reserved_corpus()
+    opts = TokenizerOptions(vocab_size=300, lang_tags=True)
+    side = json.loads(
+        train_tokenizer(docs, tmp_path / "res", opts).with_suffix(".json").read_text("utf-8")
+    )
+    sample = side["sample"]
+    normalized = [Document(normalize(d.text), d.lang, d.source, d.line) for d in docs]
+    lines = list(training_lines(normalized, tag_pieces=["<2res>"]))
+    assert _trainer_log_counts(lines, ["<2res>"]) == (len(lines), sum(map(len, lines)))
+    # Every document is sampled once here (one language, T irrelevant, under max_chars).
+    assert sample["sentences"] == {"res": len(lines)}
+    assert sample["chars"] == {"res": sum(map(len, lines))}
+    assert sample["sampled_chars"] == {"res": sum(len(d.text) for d in normalized)}
+    assert sample["documents"] == {"res": len(docs)}
 
 
 # ---------------------------------------------------------------- files

@@ -9,9 +9,24 @@ whose sha256 the old sidecar rejects instead of a pair that looks valid).
 SentencePiece settings that make ``decode(encode(x)) == normalize(x)`` exact (see
 `streamloco.tokenizer.model`): identity normalization rule, no extra-whitespace removal, no dummy
 prefix, byte fallback. Documents are fed line by line (the newline is its own user-defined
-piece, so a word after a newline looks the same in training and at encoding) and lines longer
-than `MAX_LINE_CHARS` are cut at a space, because SentencePiece silently skips sentences over its
-``max_sentence_length``.
+piece, so a word after a newline looks the same in training and at encoding).
+
+SentencePiece's trainer treats some text specially, silently (measured on 0.2.x by reading its
+log, see the tests); each case is worked around in `training_lines`:
+
+* a sentence containing U+2585 (▅, the trainer's internal mark for a rare character) is skipped
+  whole. A Chichewa text with ▅ bullets lost every bulleted line this way;
+* U+2581 (▁) is its space symbol and U+0000 ends a sentence inside the unigram trainer; neither
+  can be in a piece;
+* the text of a meta piece (``<unk>``, ``<s>``, ``</s>``, ``<pad>``, ``<0x00>``..``<0xFF>``,
+  language tags) is replaced by a space;
+* sentences over ``max_sentence_length`` bytes are skipped.
+
+▅, ▁ and U+0000 are sentence boundaries here: `encode` always emits them as byte pieces, so no
+piece spans them at encoding either, and the text on both sides stays trainable. A meta piece's
+text is cut after its ``<``, which keeps every character. Lines longer than `MAX_LINE_CHARS` are
+cut at a space. The sidecar's ``chars`` and ``sentences`` count what reached the trainer (equal
+to the counts in SentencePiece's own log, tested); ``sampled_chars`` is what sampling selected.
 """
 
 from __future__ import annotations
@@ -22,8 +37,8 @@ import os
 import re
 import sys
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import replace
+from collections.abc import Callable, Iterable, Iterator, Sequence
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import sentencepiece as spm
@@ -47,7 +62,18 @@ from streamloco.tokenizer.model import (
 from streamloco.tokenizer.sampling import count_chars, sample_budgets, sample_documents
 
 MAX_LINE_CHARS = 4000  # at most 16000 UTF-8 bytes, under max_sentence_length below
+# Sentence boundaries for training (module doc): newline, ▁ (U+2581), ▅ (U+2585), U+0000.
+_BOUNDARIES = re.compile(f"[\n{SPACE_SYMBOL}\u2585\x00]")
 _LANG_CODE = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
+@dataclass
+class _Ingested:
+    """Per language: what the trainer received (the sidecar's sample counts)."""
+
+    chars: Counter[str] = field(default_factory=Counter)
+    sentences: Counter[str] = field(default_factory=Counter)
+    documents: Counter[str] = field(default_factory=Counter)
 
 
 def split_line(line: str, limit: int = MAX_LINE_CHARS) -> Iterator[str]:
@@ -61,12 +87,40 @@ def split_line(line: str, limit: int = MAX_LINE_CHARS) -> Iterator[str]:
         yield line
 
 
-def training_lines(sample: Iterable[Document]) -> Iterator[str]:
-    """The sentences SentencePiece trains on: non-empty lines, long ones cut, no literal ▁."""
+def _meta_pattern(tag_pieces: Sequence[str]) -> re.Pattern[str]:
+    """Matches the text of every meta piece the trainer would replace with a space."""
+    meta = ["<unk>", "<s>", "</s>", "<pad>", *tag_pieces]
+    # Each starts with its only "<", so cutting after it leaves no match in the remainder.
+    assert all(m.startswith("<") and m.count("<") == 1 for m in meta), meta
+    return re.compile("|".join(map(re.escape, meta)) + "|<0x[0-9A-F]{2}>")
+
+
+def _sentences(text: str, meta: re.Pattern[str]) -> Iterator[str]:
+    for part in _BOUNDARIES.split(text):
+        start = 0
+        for m in meta.finditer(part):
+            yield from split_line(part[start : m.start() + 1])
+            start = m.start() + 1
+        yield from split_line(part[start:])
+
+
+def training_lines(
+    sample: Iterable[Document],
+    tag_pieces: Sequence[str] = (),
+    counts: _Ingested | None = None,
+) -> Iterator[str]:
+    """The non-empty sentences SentencePiece trains on (module doc); `counts` tallies them."""
+    meta = _meta_pattern(tag_pieces)
     for doc in sample:
-        # A literal ▁ is always encoded as bytes (model doc); keep it out of the vocabulary.
-        for line in doc.text.replace(SPACE_SYMBOL, " ").split("\n"):
-            yield from split_line(line)
+        fed = False
+        for sentence in _sentences(doc.text, meta):
+            if counts is not None:
+                counts.sentences[doc.lang] += 1
+                counts.chars[doc.lang] += len(sentence)
+            fed = True
+            yield sentence
+        if counts is not None and fed:
+            counts.documents[doc.lang] += 1
 
 
 def _normalized(
@@ -125,13 +179,15 @@ def _has_fileno(stream) -> bool:
 
 def _train_model(
     sample: list[Document], opts: TokenizerOptions, langs: list[str], where: Path
-) -> bytes:
+) -> tuple[bytes, _Ingested]:
     buf = io.BytesIO()
+    counts = _Ingested()
+    tags = [lang_tag_piece(lang) for lang in langs] if opts.lang_tags else []
     spm.set_random_generator_seed(opts.seed)  # process-global; only matters for sampled training
     with open(os.devnull, "w") as devnull:
         try:
             spm.SentencePieceTrainer.train(
-                sentence_iterator=training_lines(sample),
+                sentence_iterator=training_lines(sample, tags, counts),
                 model_writer=buf,
                 # SentencePiece silences its log by dup2-ing stderr's fd; a replaced stderr (a
                 # test's capture, some job runners) has none, and minloglevel keeps it quiet.
@@ -140,7 +196,7 @@ def _train_model(
             )
         except RuntimeError as e:
             raise ValueError(f"{where}: SentencePiece training failed: {e}") from e
-    return buf.getvalue()
+    return buf.getvalue(), counts
 
 
 def train_tokenizer(
@@ -169,7 +225,7 @@ def train_tokenizer(
         counts=counts,
     )
     langs = sorted(counts)
-    model_bytes = _train_model(sample, opts, langs, model_path)
+    model_bytes, ingested = _train_model(sample, opts, langs, model_path)
     sp = spm.SentencePieceProcessor(model_proto=model_bytes)
     tags = {lang: sp.piece_to_id(lang_tag_piece(lang)) for lang in langs} if opts.lang_tags else {}
     sidecar = {
@@ -186,8 +242,10 @@ def train_tokenizer(
             "corpus_chars": dict(sorted(counts.items())),
             "weights": {k: weights[k] for k in langs},
             "budget_chars": {k: round(budgets[k]) for k in langs},
-            "chars": sample_chars,
-            "documents": dict(sorted(Counter(d.lang for d in sample).items())),
+            "sampled_chars": sample_chars,
+            "chars": dict(sorted(ingested.chars.items())),
+            "sentences": dict(sorted(ingested.sentences.items())),
+            "documents": dict(sorted(ingested.documents.items())),
         },
         "sentencepiece_version": spm.__version__,
     }
