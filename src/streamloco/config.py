@@ -66,6 +66,12 @@ class CorpusConfig:
     apostrophes: Literal["ascii", "modifier", "keep"] = _f(
         "ascii", "apostrophe look-alikes -> ' (ascii), -> U+02BC (modifier), or keep"
     )
+    pins: str = _f(
+        "",
+        "optional sha256sum file ('sha256sum FILES > pins'): the inputs must be exactly the "
+        "files it lists, with those digests, checked before reading (catches a file cut at a "
+        "zstd frame or line boundary, and files added or removed)",
+    )
 
 
 @dataclass

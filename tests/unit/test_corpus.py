@@ -332,3 +332,54 @@ def test_reading_is_streaming(tmp_path, monkeypatch):
     with pytest.raises(CorpusError, match=r"big\.jsonl\.zst:20001: bad JSON"):
         for _ in it:
             pass
+
+
+# --- truncation and pins ------------------------------------------------------------------------
+
+
+def _zst_frames(*chunks: bytes) -> bytes:
+    """One zstd frame per chunk, concatenated (as `zstd` appends or pzstd writes)."""
+    return b"".join(zstandard.ZstdCompressor().compress(c) for c in chunks)
+
+
+@pytest.mark.parametrize("frames", [1, 3])
+def test_truncated_zstd_is_a_corrupt_file_not_a_short_one(tmp_path, frames):
+    """A .zst cut inside a frame is corrupt (like a cut .gz), not bad JSON at the cut."""
+    records = [{"text": f"doc {i} " + "x" * (i % 50), "lang": "nya"} for i in range(3000)]
+    per = len(records) // frames
+    data = _zst_frames(*(jsonl(*records[k * per : (k + 1) * per]) for k in range(frames)))
+    path = tmp_path / "cut.jsonl.zst"
+    path.write_bytes(data[: len(data) - 40])  # inside the last frame
+    stats = ReadStats()
+    docs = read(str(path), stats=stats)
+    assert len(docs) < len(records)
+    assert stats.skipped == {"corrupt_file": 1}
+    with pytest.raises(CorpusError, match=rf"^{path}:\d+: corrupt compressed data \(.*truncated"):
+        read(str(path), on_error="fail")
+    path.write_bytes(data)  # the whole multi-frame file reads completely
+    assert len(read(str(path), on_error="fail")) == len(records)
+
+
+def test_pins_catch_a_cut_at_a_frame_boundary_and_unlisted_files(tmp_path, monkeypatch):
+    """A multi-frame .zst cut at a frame boundary is a valid shorter stream: only pins see it."""
+    monkeypatch.chdir(tmp_path)  # pin paths are relative to the working directory, like inputs
+    a, b = jsonl({"text": "uno", "lang": "spa"}), jsonl({"text": "dos", "lang": "spa"})
+    write(Path("c/one.jsonl"), a)
+    Path("c/two.jsonl.zst").write_bytes(_zst_frames(a, b))
+    pins = Path("pins.sha256")
+    lines = [f"{sha256(p.read_bytes()).hexdigest()}  {p}" for p in sorted(Path("c").glob("*"))]
+    pins.write_text("# sha256sum c/*\n" + "\n".join(lines) + "\n")
+    assert len(read("c/*", pins=pins, on_error="fail")) == 3
+    Path("c/two.jsonl.zst").write_bytes(_zst_frames(a))  # the second frame is gone
+    assert len(read("c/*", on_error="fail")) == 2  # unpinned, nothing can tell
+    cut = r"^c/two\.jsonl\.zst: sha256 \w+ differs from \w+ pinned"
+    with pytest.raises(CorpusError, match=cut):
+        next(iter_documents("c/*", pins=pins))  # checked before the first document
+    write(Path("c/new.jsonl"), b)
+    with pytest.raises(CorpusError, match=r"^pins\.sha256: inputs not pinned there: c/new\."):
+        read("c/*", pins=pins)
+    with pytest.raises(CorpusError, match=r"pinned files not among the inputs: c/two\.jsonl\.zst"):
+        read("c/one.jsonl", pins=pins)
+    pins.write_text("not a pin\n")
+    with pytest.raises(CorpusError, match=r"^pins\.sha256:1: expected 'SHA256  PATH'"):
+        read("c/*", pins=pins)

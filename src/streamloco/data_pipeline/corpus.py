@@ -31,6 +31,7 @@ import glob
 import gzip
 import io
 import json
+import os
 import re
 from collections import Counter
 from collections.abc import Iterable, Iterator, Sequence
@@ -40,6 +41,7 @@ from typing import Any, BinaryIO, Literal
 
 import zstandard
 
+from streamloco.data_pipeline.shards import file_sha256
 from streamloco.text.documents import CorpusError, Document
 
 Format = Literal["auto", "jsonl", "text", "parquet"]
@@ -61,6 +63,7 @@ _LANG_PREFIX = re.compile(r"^([A-Za-z][A-Za-z0-9_-]*)=(.+)$")
 _GLOB_CHARS = re.compile(r"[*?\[]")
 _BOM = b"\xef\xbb\xbf"
 _PARQUET_BATCH_ROWS = 4096
+_PIN_LINE = re.compile(r"^([0-9a-fA-F]{64}) [ *](.+)$")  # sha256sum: text or binary (*) mode
 
 
 @dataclass(frozen=True)
@@ -159,12 +162,14 @@ def iter_documents(
     on_error: OnError = "skip",
     stats: ReadStats | None = None,
     doc_lines: int = 1,
+    pins: str | Path | None = None,
 ) -> Iterator[Document]:
     """Stream the documents of every input, in spec order and sorted file order within a glob.
 
     ``doc_lines`` is the number of consecutive blank lines that end a plain-text document (see the
     module docstring). All globs are expanded before the first document is read, so a pattern
-    matching nothing fails fast. Raises ``CorpusError`` at the end if no document was read.
+    matching nothing fails fast; with ``pins`` (a sha256sum file) the files are checked against
+    it before too (`check_pins`). Raises ``CorpusError`` at the end if no document was read.
     """
     if doc_lines < 1:
         raise ValueError(f"doc_lines must be >= 1, got {doc_lines}")
@@ -176,6 +181,8 @@ def iter_documents(
     if not parsed:
         raise CorpusError("no corpus inputs given")
     plan = [(spec, path) for spec in parsed for path in _expand(spec)]
+    if pins is not None:
+        check_pins([path for _, path in plan], Path(pins))
     before = sum(stats.documents.values())
     for spec, path in plan:
         fmt = spec.format_of(path)
@@ -208,16 +215,105 @@ def _expand(spec: CorpusSpec) -> list[Path]:
     return [path]
 
 
+def check_pins(paths: Sequence[Path], pins: Path) -> None:
+    """Raise CorpusError unless `paths` are exactly the files listed in `pins`, with their sha256.
+
+    `pins` is in ``sha256sum`` format (``HEX  PATH`` per line; ``#`` comments), paths relative
+    to the working directory as in ``corpus.inputs``: ``sha256sum data/*.jsonl.zst > pins``.
+    Pins catch what no reader can: a multi-frame .zst (or a text file) cut exactly at a frame
+    (line) boundary is a valid, shorter file; a file added to or missing from a glob.
+    """
+    pinned = _read_pins(pins)
+    real = {os.path.realpath(p): p for p in paths}
+    extra = [str(p) for r, p in real.items() if r not in pinned]
+    if extra:
+        raise CorpusError(f"{pins}: inputs not pinned there: {', '.join(extra[:5])}")
+    missing = [name for r, (name, _) in pinned.items() if r not in real]
+    if missing:
+        raise CorpusError(f"{pins}: pinned files not among the inputs: {', '.join(missing[:5])}")
+    for r, path in real.items():
+        digest = pinned[r][1]
+        actual = file_sha256(path)
+        if actual != digest:
+            raise CorpusError(
+                f"{path}: sha256 {actual} differs from {digest} pinned in {pins} "
+                "(the file changed, was cut short or replaced)"
+            )
+
+
+def _read_pins(pins: Path) -> dict[str, tuple[str, str]]:
+    """real path -> (path as written, sha256) for each line of a sha256sum-format file."""
+    try:
+        lines = pins.read_text(encoding="utf-8").splitlines()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise CorpusError(f"{pins}: cannot read the pin file ({exc})") from exc
+    out: dict[str, tuple[str, str]] = {}
+    for lineno, line in enumerate(lines, start=1):
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        m = _PIN_LINE.match(line)
+        if not m:
+            raise CorpusError(f"{pins}:{lineno}: expected 'SHA256  PATH' (sha256sum format)")
+        out[os.path.realpath(m.group(2))] = (m.group(2), m.group(1).lower())
+    return out
+
+
 def _open_binary(path: Path) -> BinaryIO:
     """Open a file as a buffered, decompressing byte stream (by suffix: .gz, .zst, else plain)."""
     name = path.name.lower()
     if name.endswith(".gz"):
         return gzip.open(path, "rb")  # type: ignore[return-value]
     if name.endswith(".zst"):
-        raw = path.open("rb")
-        reader = zstandard.ZstdDecompressor().stream_reader(raw, read_across_frames=True)
-        return io.BufferedReader(reader, buffer_size=1 << 20)  # type: ignore[arg-type]
+        return io.BufferedReader(_ZstdFrames(path.open("rb")), buffer_size=1 << 20)
     return path.open("rb")
+
+
+class _ZstdFrames(io.RawIOBase):
+    """Every zstd frame of a file, in order; a file that ends inside a frame raises ZstdError.
+
+    python-zstandard's ``stream_reader`` (and ``read_to_iter``) end quietly at a truncated frame,
+    which would read a cut file as a shorter, valid one. A ``decompressobj`` says whether its
+    frame is complete (``eof``), so frames are chained by hand. Input is fed in small pieces to
+    keep the decompressed output of one step small (text expands ~3-10x).
+    """
+
+    _READ = 1 << 16
+
+    def __init__(self, raw: BinaryIO) -> None:
+        self.raw = raw
+        self.frame: Any = None  # the decompressor of the frame being read, None between frames
+        self.out = memoryview(b"")
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, buf: Any) -> int:
+        while not self.out:
+            data = self.raw.read(self._READ)
+            if not data:
+                if self.frame is not None:
+                    raise zstandard.ZstdError("truncated: the file ends inside a zstd frame")
+                return 0
+            self.out = memoryview(self._decompress(data))
+        n = min(len(buf), len(self.out))
+        buf[:n] = self.out[:n]
+        self.out = self.out[n:]
+        return n
+
+    def _decompress(self, data: bytes) -> bytes:
+        parts = []
+        while data:
+            if self.frame is None:
+                self.frame = zstandard.ZstdDecompressor().decompressobj()
+            parts.append(self.frame.decompress(data))
+            data = b""
+            if self.frame.eof:  # the bytes after a finished frame start the next one
+                data, self.frame = self.frame.unused_data, None
+        return b"".join(parts)
+
+    def close(self) -> None:
+        self.raw.close()
+        super().close()
 
 
 def _iter_lines(path: Path, policy: _Policy) -> Iterator[tuple[int, bytes]]:

@@ -46,7 +46,8 @@ def documents_factory(
     fraction, seed = cfg.data.validation_fraction, cfg.data.split_seed
 
     def docs() -> Iterator[Document]:
-        for doc in iter_documents(specs, on_error=cfg.corpus.on_error, stats=stats):
+        pins = cfg.corpus.pins or None
+        for doc in iter_documents(specs, on_error=cfg.corpus.on_error, stats=stats, pins=pins):
             if split is None or split_of(doc, fraction, seed) == split:
                 yield doc
 
