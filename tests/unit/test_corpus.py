@@ -383,3 +383,26 @@ def test_pins_catch_a_cut_at_a_frame_boundary_and_unlisted_files(tmp_path, monke
     pins.write_text("not a pin\n")
     with pytest.raises(CorpusError, match=r"^pins\.sha256:1: expected 'SHA256  PATH'"):
         read("c/*", pins=pins)
+
+
+# --- each file once -----------------------------------------------------------------------------
+
+
+def test_symlink_loop_and_aliases_read_each_file_once(tmp_path, monkeypatch):
+    """A directory link back to its parent, with **, used to read every file ~40 times."""
+    monkeypatch.chdir(tmp_path)
+    for i in range(3):
+        write(
+            Path(f"data/sub/f{i}.jsonl"),
+            jsonl(*({"text": f"{i}-{k}", "lang": "nya"} for k in range(4))),
+        )
+    (tmp_path / "data/sub/loop").symlink_to(tmp_path / "data")  # data/sub/loop -> data
+    (tmp_path / "data/alias.jsonl").symlink_to(tmp_path / "data/sub/f0.jsonl")
+    stats = ReadStats()
+    docs = read("data/**/*.jsonl", "data/sub/f1.jsonl", stats=stats, on_error="fail")
+    assert sorted(d.text for d in docs) == sorted(f"{i}-{k}" for i in range(3) for k in range(4))
+    assert stats.files == 3
+    # data/alias.jsonl sorts first and is read; f0 under its real name is the duplicate, and so is
+    # f1 named again by the second input; the loop is not entered
+    assert stats.skipped == {"duplicate_file": 2, "linked_dir": 1}
+    assert [d.source for d in docs][:4] == ["data/alias.jsonl"] * 4

@@ -23,11 +23,16 @@ Bad input: with ``on_error="fail"`` the first bad record raises ``CorpusError("F
 reason")``; with ``"skip"`` it is counted in ``ReadStats.skipped`` under its reason and reading goes
 on (nothing is logged per line). A glob matching nothing and a corpus with no documents at all
 always raise.
+
+Each file is read once: inputs are compared by real path, so a file named by two inputs, or
+reached through a symlink, is dropped and counted ("duplicate_file"), and a glob's ``**`` does not
+follow a directory link into a directory it already searched ("linked_dir"; e.g. a loop), under
+either policy.
 """
 
 from __future__ import annotations
 
-import glob
+import fnmatch
 import gzip
 import io
 import json
@@ -118,6 +123,10 @@ class ReadStats:
         self.documents[doc.lang] += 1
         self.chars[doc.lang] += len(doc.text)
 
+    def skip(self, reason: str, where: str, message: str) -> None:
+        """Count one skipped record or input (`where` is FILE or FILE:LINE)."""
+        self.skipped[reason] += 1
+
     def as_dict(self) -> dict[str, Any]:
         """Plain, key-sorted dict (JSON-ready, deterministic)."""
         return {
@@ -153,7 +162,7 @@ class _Policy:
     def bad(self, reason: str, where: str, message: str) -> None:
         if self.fail:
             raise CorpusError(f"{where}: {message}")
-        self.stats.skipped[reason] += 1
+        self.stats.skip(reason, where, message)
 
 
 def iter_documents(
@@ -180,7 +189,7 @@ def iter_documents(
     parsed = [CorpusSpec.parse(s) if isinstance(s, str) else s for s in specs]
     if not parsed:
         raise CorpusError("no corpus inputs given")
-    plan = [(spec, path) for spec in parsed for path in _expand(spec)]
+    plan = _plan(parsed, stats)
     if pins is not None:
         check_pins([path for _, path in plan], Path(pins))
     before = sum(stats.documents.values())
@@ -202,17 +211,84 @@ def iter_documents(
         raise CorpusError(f"no documents in {inputs} (skipped: {skipped})")
 
 
-def _expand(spec: CorpusSpec) -> list[Path]:
+def _plan(specs: Sequence[CorpusSpec], stats: ReadStats) -> list[tuple[CorpusSpec, Path]]:
+    """Each input file once, by real path, in spec order; a file matched again is not read.
+
+    Duplicates are dropped under either policy (reading a file twice is never what was meant)
+    and counted as "duplicate_file"; directory links not followed as "linked_dir".
+    """
+    plan: list[tuple[CorpusSpec, Path]] = []
+    first: dict[str, Path] = {}
+    for spec in specs:
+        for path in _expand(spec, stats):
+            real = os.path.realpath(path)
+            if real in first:
+                stats.skip("duplicate_file", str(path), f"same file as {first[real]}")
+                continue
+            first[real] = path
+            plan.append((spec, path))
+    return plan
+
+
+def _expand(spec: CorpusSpec, stats: ReadStats) -> list[Path]:
     """The files of one spec: a glob expands sorted (deterministic); a plain path must exist."""
     if _GLOB_CHARS.search(spec.path):
-        files = sorted(Path(p) for p in glob.glob(spec.path, recursive=True) if Path(p).is_file())
+        parts = Path(spec.path).parts
+        k = next(i for i, part in enumerate(parts) if _GLOB_CHARS.search(part))
+        files: list[Path] = []
+        _glob(Path(*parts[:k]) if k else Path(), parts[k:], set(), files, stats)
         if not files:
             raise CorpusError(f"{spec.path}: pattern matches no files")
-        return files
+        return sorted(set(files))
     path = Path(spec.path)
     if not path.is_file():
         raise CorpusError(f"{spec.path}: no such file")
     return [path]
+
+
+def _glob(
+    d: Path, parts: tuple[str, ...], seen: set[tuple[str, int]], out: list[Path], stats: ReadStats
+) -> None:
+    """Append to `out` the files under `d` matching the pattern `parts` (glob.glob semantics).
+
+    glob.glob follows directory links under ``**`` until the OS refuses the path (ELOOP), so a
+    link back to a parent is read dozens of times (more with several links). Here a real
+    directory is searched once per pattern position; a link reaching it again is not followed.
+    """
+    key = (os.path.realpath(d), len(parts))
+    if key in seen:
+        stats.skip("linked_dir", str(d), f"already searched as {key[0]} (a link loop or alias)")
+        return
+    seen.add(key)
+    head, rest = parts[0], parts[1:]
+    if head == "**":  # zero or more directories
+        entries = _entries(d, "*")
+        if rest:
+            _glob(d, rest, seen, out, stats)
+        else:
+            out.extend(p for p in entries if p.is_file())
+        for sub in entries:
+            if sub.is_dir():
+                _glob(sub, parts, seen, out, stats)
+        return
+    for p in _entries(d, head):
+        if rest and p.is_dir():
+            _glob(p, rest, seen, out, stats)
+        elif not rest and p.is_file():
+            out.append(p)
+
+
+def _entries(d: Path, pattern: str) -> list[Path]:
+    """Sorted entries of `d` matching one path component; hidden ones only if asked, as glob."""
+    if not _GLOB_CHARS.search(pattern):
+        return [d / pattern] if os.path.lexists(d / pattern) else []
+    try:
+        names = os.listdir(d)
+    except OSError:  # unreadable or not a directory: matches nothing, as in glob.glob
+        return []
+    if not pattern.startswith("."):
+        names = [n for n in names if not n.startswith(".")]
+    return [d / n for n in sorted(fnmatch.filter(names, pattern))]
 
 
 def check_pins(paths: Sequence[Path], pins: Path) -> None:
