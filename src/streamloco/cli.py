@@ -137,6 +137,7 @@ def cmd_data_demo(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_data_tokenize(args: argparse.Namespace, overrides: list[str]) -> int:
     import os
 
+    from streamloco.data_pipeline.corpus import format_skips
     from streamloco.data_pipeline.executor import Executor, LocalExecutor
     from streamloco.data_pipeline.pipeline import manifest_summary, tokenize_from_config
 
@@ -153,12 +154,15 @@ def cmd_data_tokenize(args: argparse.Namespace, overrides: list[str]) -> int:
         executor = LocalExecutor(workers)
     manifest = tokenize_from_config(cfg, executor, progress=not args.no_progress)
     print(manifest_summary(manifest))
+    if manifest.corpus_read is not None:
+        print(format_skips(manifest.corpus_read))
     return 0
 
 
 def cmd_tokenizer_train(args: argparse.Namespace, overrides: list[str]) -> int:
     import json
 
+    from streamloco.data_pipeline.corpus import format_skips
     from streamloco.data_pipeline.pipeline import train_tokenizer_from_config
     from streamloco.tokenizer.model import sidecar_path
 
@@ -166,6 +170,7 @@ def cmd_tokenizer_train(args: argparse.Namespace, overrides: list[str]) -> int:
     model = train_tokenizer_from_config(cfg)
     info = json.loads(sidecar_path(model).read_text(encoding="utf-8"))
     print(f"wrote {model} and {sidecar_path(model)} (sha256 {info['sha256'][:16]}...)")
+    print(format_skips(info["corpus_read"]))
     return 0
 
 

@@ -282,9 +282,12 @@ def test_report_and_as_dict(tmp_path):
         "documents": {"spa": 1},
         "chars": {"spa": 3},
         "skipped": {"missing_lang": 1},
+        "skipped_by_file": {str(path): {"missing_lang": 1}},
+        "examples": {"missing_lang": [f"{path}:2: missing language field 'lang'"]},
     }
     report = stats.report()
-    assert "spa" in report and "total" in report and "missing_lang=1" in report
+    assert "spa" in report and "total" in report and "missing_lang" in report
+    assert f"{path}:2: missing language field" in report and f"{path}: missing_lang=1" in report
 
 
 # --- streaming --------------------------------------------------------------------------------

@@ -110,44 +110,91 @@ class CorpusSpec:
         raise CorpusError(f"{path}: cannot tell the format from the suffix (known: {known})")
 
 
+MAX_EXAMPLES = 3
+"""Skipped records kept as FILE:LINE examples, per reason (the counts are complete)."""
+
+
+@dataclass(frozen=True)
+class Where:
+    """Where a skipped record is: a file, and its line (or Parquet row) when there is one."""
+
+    file: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        return self.file if self.line is None else f"{self.file}:{self.line}"
+
+
 @dataclass
 class ReadStats:
-    """Counts filled while reading: documents and characters per language, skips per reason."""
+    """Counts filled while reading: documents and characters per language, skips per reason and
+    per file, with the first `MAX_EXAMPLES` skipped records of each reason as examples."""
 
     documents: Counter[str] = field(default_factory=Counter)
     chars: Counter[str] = field(default_factory=Counter)
     skipped: Counter[str] = field(default_factory=Counter)
+    skipped_by_file: dict[str, Counter[str]] = field(default_factory=dict)
+    examples: dict[str, list[str]] = field(default_factory=dict)
     files: int = 0
 
     def add(self, doc: Document) -> None:
         self.documents[doc.lang] += 1
         self.chars[doc.lang] += len(doc.text)
 
-    def skip(self, reason: str, where: str, message: str) -> None:
-        """Count one skipped record or input (`where` is FILE or FILE:LINE)."""
+    def skip(self, reason: str, where: Where, message: str) -> None:
+        """Count one skipped record or input."""
         self.skipped[reason] += 1
+        self.skipped_by_file.setdefault(where.file, Counter())[reason] += 1
+        shown = self.examples.setdefault(reason, [])
+        if len(shown) < MAX_EXAMPLES:
+            shown.append(f"{where}: {message}")
 
     def as_dict(self) -> dict[str, Any]:
         """Plain, key-sorted dict (JSON-ready, deterministic)."""
+        by_file = {f: dict(sorted(c.items())) for f, c in sorted(self.skipped_by_file.items())}
         return {
             "files": self.files,
             "documents": dict(sorted(self.documents.items())),
             "chars": dict(sorted(self.chars.items())),
             "skipped": dict(sorted(self.skipped.items())),
+            "skipped_by_file": by_file,
+            "examples": dict(sorted(self.examples.items())),
         }
 
     def report(self) -> str:
-        """A plain-text table: documents and characters per language, then skipped records."""
+        """A plain-text table: documents and characters per language, then what was skipped."""
         rows = [(lang, self.documents[lang], self.chars[lang]) for lang in sorted(self.documents)]
         rows.append(("total", sum(self.documents.values()), sum(self.chars.values())))
         width = max(len("lang"), *(len(r[0]) for r in rows))
         lines = [f"{'lang':<{width}}  {'documents':>10}  {'chars':>14}"]
         lines += [f"{lang:<{width}}  {docs:>10,}  {chars:>14,}" for lang, docs, chars in rows]
         lines.append(f"files read: {self.files}")
-        if self.skipped:
-            skipped = ", ".join(f"{k}={v}" for k, v in sorted(self.skipped.items()))
-            lines.append(f"skipped: {skipped}")
+        lines.append(format_skips(self.as_dict()))
         return "\n".join(lines)
+
+
+MAX_FILES_SHOWN = 20
+
+
+def format_skips(read: dict[str, Any]) -> str:
+    """The console view of a `ReadStats.as_dict()` record (as stored in manifest and sidecar):
+    skips per reason with examples, then per file (the first `MAX_FILES_SHOWN`)."""
+    skipped = read.get("skipped", {})
+    if not skipped:
+        return "skipped: nothing"
+    lines = [f"skipped {sum(skipped.values()):,} (by reason, with the first FILE:LINE):"]
+    width = max(len(r) for r in skipped)
+    for reason, n in skipped.items():
+        examples = read.get("examples", {}).get(reason, [])
+        lines.append(f"  {reason:<{width}}  {n:>8,}  {examples[0] if examples else ''}")
+        lines += [f"  {'':<{width}}  {'':>8}  {e}" for e in examples[1:]]
+    by_file = read.get("skipped_by_file", {})
+    lines.append("skipped per file:")
+    for name, counts in list(by_file.items())[:MAX_FILES_SHOWN]:
+        lines.append(f"  {name}: " + ", ".join(f"{k}={v:,}" for k, v in counts.items()))
+    if len(by_file) > MAX_FILES_SHOWN:
+        lines.append(f"  ... and {len(by_file) - MAX_FILES_SHOWN} more files")
+    return "\n".join(lines)
 
 
 class _Policy:
@@ -159,7 +206,7 @@ class _Policy:
         self.fail = on_error == "fail"
         self.stats = stats
 
-    def bad(self, reason: str, where: str, message: str) -> None:
+    def bad(self, reason: str, where: Where, message: str) -> None:
         if self.fail:
             raise CorpusError(f"{where}: {message}")
         self.stats.skip(reason, where, message)
@@ -223,7 +270,7 @@ def _plan(specs: Sequence[CorpusSpec], stats: ReadStats) -> list[tuple[CorpusSpe
         for path in _expand(spec, stats):
             real = os.path.realpath(path)
             if real in first:
-                stats.skip("duplicate_file", str(path), f"same file as {first[real]}")
+                stats.skip("duplicate_file", Where(str(path)), f"same file as {first[real]}")
                 continue
             first[real] = path
             plan.append((spec, path))
@@ -257,7 +304,9 @@ def _glob(
     """
     key = (os.path.realpath(d), len(parts))
     if key in seen:
-        stats.skip("linked_dir", str(d), f"already searched as {key[0]} (a link loop or alias)")
+        stats.skip(
+            "linked_dir", Where(str(d)), f"already searched as {key[0]} (a link loop or alias)"
+        )
         return
     seen.add(key)
     head, rest = parts[0], parts[1:]
@@ -409,13 +458,15 @@ def _iter_lines(path: Path, policy: _Policy) -> Iterator[tuple[int, bytes]]:
                 empty = empty and not raw.strip()
                 yield lineno, raw.rstrip(b"\r\n")
         except (OSError, EOFError, zstandard.ZstdError) as exc:
-            policy.bad("corrupt_file", f"{path}:{lineno + 1}", f"corrupt compressed data ({exc})")
+            policy.bad(
+                "corrupt_file", Where(str(path), lineno + 1), f"corrupt compressed data ({exc})"
+            )
             return
     if empty:
-        policy.bad("empty_file", str(path), "empty file")
+        policy.bad("empty_file", Where(str(path)), "empty file")
 
 
-def _decode(raw: bytes, where: str, policy: _Policy) -> str | None:
+def _decode(raw: bytes, where: Where, policy: _Policy) -> str | None:
     try:
         return raw.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -427,7 +478,7 @@ def _read_jsonl(path: Path, spec: CorpusSpec, policy: _Policy) -> Iterator[Docum
     for lineno, raw in _iter_lines(path, policy):
         if not raw.strip():
             continue  # blank lines (e.g. a trailing newline) are not records
-        where = f"{path}:{lineno}"
+        where = Where(str(path), lineno)
         line = _decode(raw, where, policy)
         if line is None:
             continue
@@ -445,7 +496,7 @@ def _read_jsonl(path: Path, spec: CorpusSpec, policy: _Policy) -> Iterator[Docum
 
 
 def _make_document(
-    record: dict[str, Any], spec: CorpusSpec, source: str, line: int, where: str, policy: _Policy
+    record: dict[str, Any], spec: CorpusSpec, source: str, line: int, where: Where, policy: _Policy
 ) -> Document | None:
     """Validate the text and language of one record (JSONL object or Parquet row)."""
     lang = record.get(spec.lang_field)
@@ -501,7 +552,7 @@ def _read_text(path: Path, spec: CorpusSpec, policy: _Policy, doc_lines: int) ->
         blanks = 0
         if not lines:
             start = lineno
-        text = _decode(raw, f"{path}:{lineno}", policy)
+        text = _decode(raw, Where(str(path), lineno), policy)
         broken = broken or text is None
         lines.append(text or "")
     doc = flush()
@@ -516,11 +567,11 @@ def _read_parquet(path: Path, spec: CorpusSpec, policy: _Policy) -> Iterator[Doc
     try:
         pf = pq.ParquetFile(path)
     except (OSError, pa.ArrowException) as exc:
-        policy.bad("corrupt_file", str(path), f"not a readable Parquet file ({exc})")
+        policy.bad("corrupt_file", Where(str(path)), f"not a readable Parquet file ({exc})")
         return
     columns = _parquet_columns(pf.schema_arrow, path, spec)
     if pf.metadata.num_rows == 0:
-        policy.bad("empty_file", str(path), "empty file")
+        policy.bad("empty_file", Where(str(path)), "empty file")
         return
     row = 0
     for batch in _parquet_batches(pf, columns, path, policy):
@@ -528,7 +579,7 @@ def _read_parquet(path: Path, spec: CorpusSpec, policy: _Policy) -> Iterator[Doc
         values = [_as_bytes(batch.column(name)) for name in columns]
         for items in zip(*values, strict=True):
             row += 1
-            where = f"{path}:{row}"
+            where = Where(str(path), row)
             decoded = [None if v is None else _decode(v, where, policy) for v in items]
             if any(v is None and raw is not None for v, raw in zip(decoded, items, strict=True)):
                 continue
@@ -565,7 +616,7 @@ def _parquet_batches(pf: Any, columns: list[str], path: Path, policy: _Policy) -
             yield batch
             row += batch.num_rows
     except (OSError, pa.ArrowException) as exc:
-        policy.bad("corrupt_file", f"{path}:{row + 1}", f"corrupt Parquet data ({exc})")
+        policy.bad("corrupt_file", Where(str(path), row + 1), f"corrupt Parquet data ({exc})")
 
 
 def _as_bytes(column: Any) -> Iterable[bytes | None]:

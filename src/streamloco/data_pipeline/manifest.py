@@ -12,7 +12,9 @@ Format (version 1)::
                   "sha256": str, "tokens": int, "documents": int, "bytes": int,
                   "lang": str, "split": "train" | "validation"}, ...],
       "totals": {"shards", "tokens", "documents", "bytes",
-                 "languages": {lang: {split: {"shards", "tokens", "documents"}}}}
+                 "languages": {lang: {split: {"shards", "tokens", "documents"}}}},
+      "corpus_read": {"files", "documents", "chars", "skipped", "skipped_by_file",
+                      "examples"}                  # optional: what reading skipped, and where
     }
 
 Every shard holds one language and one split, so the per-shard ``lang`` and ``documents`` are
@@ -73,6 +75,8 @@ class Manifest:
     shard_tokens: int
     zstd_level: int
     shards: list[ShardEntry] = field(default_factory=list)
+    corpus_read: dict[str, Any] | None = None
+    """What reading the corpus counted and skipped (`ReadStats.as_dict()`), when known."""
 
     def shards_for(self, lang: str, split: str = "train") -> list[ShardEntry]:
         """The shards of one language and split, in stream order."""
@@ -121,6 +125,7 @@ class Manifest:
             "zstd_level": self.zstd_level,
             "shards": [asdict(s) for s in self.shards],
             "totals": self.totals(),
+            **({} if self.corpus_read is None else {"corpus_read": self.corpus_read}),
         }
 
 
@@ -217,7 +222,13 @@ def parse_manifest(raw: Any, data_dir: Path, where: str) -> Manifest:
         shard_tokens=_count(raw, "shard_tokens", where),
         zstd_level=_get(raw, "zstd_level", int, where),
         shards=shards,
+        corpus_read=_optional(raw, "corpus_read", where),
     )
+
+
+def _optional(raw: Mapping, key: str, where: str) -> dict[str, Any] | None:
+    """An optional object (absent in manifests written before it was recorded)."""
+    return dict(_get(raw, key, Mapping, where)) if key in raw else None
 
 
 def verify_shard(

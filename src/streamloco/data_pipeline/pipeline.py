@@ -9,11 +9,14 @@ same split, so no held-out text is ever seen by the tokenizer or the model.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import json
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
+from streamloco.atomic import atomic_write_bytes
 from streamloco.config import Config
-from streamloco.data_pipeline.corpus import CorpusSpec, ReadStats, iter_documents
+from streamloco.data_pipeline.corpus import CorpusSpec, ReadStats, format_skips, iter_documents
 from streamloco.data_pipeline.executor import Executor
 from streamloco.data_pipeline.manifest import Manifest
 from streamloco.data_pipeline.tokenize import split_of, tokenize_corpus
@@ -38,20 +41,25 @@ def corpus_specs(cfg: Config) -> list[CorpusSpec]:
     return specs
 
 
-def documents_factory(
-    cfg: Config, split: str | None = None, stats: ReadStats | None = None
-) -> Callable[[], Iterator[Document]]:
-    """A callable giving a fresh stream of the corpus (one split, or all documents)."""
-    specs = corpus_specs(cfg)
-    fraction, seed = cfg.data.validation_fraction, cfg.data.split_seed
+class CorpusReader:
+    """A callable giving a fresh stream of the corpus (one split, or all documents).
 
-    def docs() -> Iterator[Document]:
+    `stats` counts the latest pass only: the tokenizer reads the corpus twice (count, then
+    sample), and its skips must not be reported twice.
+    """
+
+    def __init__(self, cfg: Config, split: str | None = None) -> None:
+        self.cfg, self.split, self.specs = cfg, split, corpus_specs(cfg)
+        self.stats = ReadStats()
+
+    def __call__(self) -> Iterator[Document]:
+        cfg, split = self.cfg, self.split
+        fraction, seed = cfg.data.validation_fraction, cfg.data.split_seed
+        self.stats = stats = ReadStats()
         pins = cfg.corpus.pins or None
-        for doc in iter_documents(specs, on_error=cfg.corpus.on_error, stats=stats, pins=pins):
+        for doc in iter_documents(self.specs, on_error=cfg.corpus.on_error, stats=stats, pins=pins):
             if split is None or split_of(doc, fraction, seed) == split:
                 yield doc
-
-    return docs
 
 
 def tokenizer_model_path(cfg: Config) -> Path:
@@ -78,7 +86,24 @@ def train_tokenizer_from_config(cfg: Config) -> Path:
     )
     out = Path(tk.path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    return train_tokenizer(documents_factory(cfg, "train"), out, opts)
+    reader = CorpusReader(cfg, "train")
+    model = train_tokenizer(reader, out, opts)
+    _record_in_sidecar(model, reader.stats.as_dict())
+    return model
+
+
+def _record_in_sidecar(model: Path, read: dict[str, Any]) -> None:
+    """Add what reading the corpus skipped to the tokenizer's sidecar, as ``corpus_read``.
+
+    Written here, not by train_tokenizer (which takes documents, not files). The rewrite is
+    atomic and the model is unchanged, so a crash before it leaves a valid pair without counts.
+    """
+    from streamloco.tokenizer.model import sidecar_path
+
+    side = sidecar_path(model)
+    info = json.loads(side.read_text(encoding="utf-8"))
+    info["corpus_read"] = read
+    atomic_write_bytes(side, (json.dumps(info, indent=2, ensure_ascii=False) + "\n").encode())
 
 
 def report_from_config(cfg: Config, reference_lang: str) -> str:
@@ -86,8 +111,9 @@ def report_from_config(cfg: Config, reference_lang: str) -> str:
     from streamloco.tokenizer.report import fertility_report, format_report
 
     tok = Tokenizer.load(tokenizer_model_path(cfg))
-    rows = fertility_report(tok, documents_factory(cfg, "validation")(), reference_lang)
-    return format_report(rows)
+    reader = CorpusReader(cfg, "validation")
+    rows = fertility_report(tok, reader(), reference_lang)
+    return format_report(rows) + "\n\n" + format_skips(reader.stats.as_dict())
 
 
 def tokenize_from_config(cfg: Config, executor: Executor, progress: bool = True) -> Manifest:
@@ -96,8 +122,9 @@ def tokenize_from_config(cfg: Config, executor: Executor, progress: bool = True)
     The caller picks the executor (`data.executor`, `data.workers`): a Ray one can only be built
     where Ray may be imported (launcher/, the CLI), never here.
     """
+    reader = CorpusReader(cfg)
     return tokenize_corpus(
-        documents_factory(cfg),
+        reader,
         tokenizer_model_path(cfg),
         Path(cfg.data.dir),
         shard_tokens=cfg.data.shard_tokens,
@@ -106,6 +133,7 @@ def tokenize_from_config(cfg: Config, executor: Executor, progress: bool = True)
         zstd_level=cfg.data.zstd_level,
         progress=progress,
         executor=executor,
+        corpus_read=lambda: reader.stats.as_dict(),
     )
 
 

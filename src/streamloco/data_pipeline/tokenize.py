@@ -376,6 +376,7 @@ def tokenize_corpus(
     progress: bool = True,
     chunk_docs: int = 256,
     executor: Executor | None = None,
+    corpus_read: Callable[[], dict[str, Any]] | None = None,
 ) -> Manifest:
     """Tokenize the documents of `docs_factory()` into shards under `out_dir` (module doc).
 
@@ -383,6 +384,8 @@ def tokenize_corpus(
     when None, <= 1 in this process; pass either an executor or `workers`, not both);
     `chunk_docs` documents (or ~1M characters) go to a worker at a time. Re-running resumes an
     interrupted run or, on a finished dir, returns its manifest without reading the corpus.
+    `corpus_read`, called after the corpus was read, gives what reading counted and skipped,
+    recorded in the manifest.
     """
     if shard_tokens < 1 or chunk_docs < 1:
         raise ValueError(f"shard_tokens and chunk_docs must be >= 1 ({shard_tokens}, {chunk_docs})")
@@ -435,6 +438,7 @@ def tokenize_corpus(
     manifest.shards = sorted(
         (_entry(e) for e in journal.entries), key=lambda e: (e.split, e.lang, e.path)
     )
+    manifest.corpus_read = corpus_read() if corpus_read is not None else None
     write_manifest(manifest)
     journal.path.unlink()  # the manifest now vouches for every shard
     return manifest
