@@ -152,7 +152,9 @@ def cmd_data_tokenize(args: argparse.Namespace, overrides: list[str]) -> int:
         executor = RayExecutor(workers)
     else:
         executor = LocalExecutor(workers)
-    manifest = tokenize_from_config(cfg, executor, progress=not args.no_progress)
+    manifest = tokenize_from_config(
+        cfg, executor, progress=not args.no_progress, rebuild=args.rebuild
+    )
     print(manifest_summary(manifest))
     if manifest.corpus_read is not None:
         print(format_skips(manifest.corpus_read))
@@ -287,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir", help="output directory (e.g. data/demo)")
     p = add("tokenize", cmd_data_tokenize, "tokenize corpus.inputs into zstd token shards", data)
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--rebuild", action="store_true", help="start over if the corpus or options changed"
+    )
 
     tok = sub.add_parser(
         "tokenizer", help="SentencePiece tokenizer", allow_abbrev=False

@@ -65,3 +65,32 @@ def test_every_stage_shows_and_records_what_it_skipped(project: Path, capsys) ->
 
     assert main(["tokenizer", "report", *cfg]) == 0
     _skips_shown(capsys.readouterr().out)
+
+
+def test_rerun_refuses_a_changed_corpus_and_rebuilds_when_asked(project: Path, capsys) -> None:
+    cfg = ["--config", "run.toml"]
+    assert main(["tokenizer", "train", *cfg]) == 0
+    assert main(["data", "tokenize", *cfg, "--no-progress"]) == 0
+    assert main(["data", "tokenize", *cfg, "--no-progress"]) == 0  # unchanged: a no-op
+    capsys.readouterr()
+    Path("corpus/c.jsonl").write_text(json.dumps({"text": "kia ora koutou", "lang": "mri"}) + "\n")
+    assert main(["data", "tokenize", *cfg, "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert "corpus changed" in err and "added corpus/c.jsonl" in err and "--rebuild" in err, err
+    assert main(["data", "tokenize", *cfg, "--no-progress", "--rebuild"]) == 0
+    manifest = json.loads(Path("shards/manifest.json").read_text())
+    assert "mri" in manifest["totals"]["languages"]
+    assert [f["path"] for f in manifest["corpus_inputs"]["files"]][-1] == "corpus/c.jsonl"
+
+
+def test_rerun_verifies_shard_checksums(project: Path, capsys) -> None:
+    cfg = ["--config", "run.toml"]
+    assert main(["tokenizer", "train", *cfg]) == 0
+    assert main(["data", "tokenize", *cfg, "--no-progress"]) == 0
+    shard = sorted(Path("shards/train").glob("*.tok.zst"))[0]
+    data = bytearray(shard.read_bytes())
+    data[-1] ^= 0xFF  # same size, same header: only the checksum can tell
+    shard.write_bytes(bytes(data))
+    capsys.readouterr()
+    assert main(["data", "tokenize", *cfg, "--no-progress"]) == 2
+    assert f"shard 'train/{shard.name}': sha256 mismatch" in capsys.readouterr().err

@@ -258,6 +258,43 @@ def iter_documents(
         raise CorpusError(f"no documents in {inputs} (skipped: {skipped})")
 
 
+def fingerprint_inputs(specs: Sequence[CorpusSpec], **options: Any) -> dict[str, Any]:
+    """What a tokenized directory was made from: each file read (path as matched, language and
+    format of its spec, size, mtime) and the reading `options` (JSON-ready).
+
+    Sizes and mtimes, not content hashes: checking them costs a stat per file, where hashing
+    would read the whole corpus again on every rerun; any write changes the mtime. What they
+    miss (a rewrite keeping size and mtime) is what ``corpus.pins`` is for.
+    """
+    files = []
+    for spec, path in _plan(specs, ReadStats()):
+        st = path.stat()
+        fmt = spec.format_of(path)
+        entry = {"path": str(path), "lang": spec.lang, "format": fmt}
+        files.append({**entry, "bytes": st.st_size, "mtime_ns": st.st_mtime_ns})
+    return {"files": files, "options": dict(sorted(options.items()))}
+
+
+def describe_changes(old: dict[str, Any] | None, new: dict[str, Any]) -> list[str]:
+    """Human-readable differences between two `fingerprint_inputs` results."""
+    if old is None:
+        return ["no record of the inputs (made by an older streamloco)"]
+    changes = [
+        f"option {k}: {old['options'].get(k)!r} -> {v!r}"
+        for k, v in new["options"].items()
+        if old["options"].get(k) != v
+    ]
+    before = {f["path"]: f for f in old["files"]}
+    after = {f["path"]: f for f in new["files"]}
+    changes += [f"added {p}" for p in after if p not in before]
+    changes += [f"removed {p}" for p in before if p not in after]
+    for p in after.keys() & before.keys():
+        diff = [k for k in ("lang", "format", "bytes", "mtime_ns") if before[p][k] != after[p][k]]
+        if diff:
+            changes.append(f"changed {p} ({', '.join(diff)})")
+    return changes
+
+
 def _plan(specs: Sequence[CorpusSpec], stats: ReadStats) -> list[tuple[CorpusSpec, Path]]:
     """Each input file once, by real path, in spec order; a file matched again is not read.
 

@@ -13,6 +13,8 @@ Format (version 1)::
                   "lang": str, "split": "train" | "validation"}, ...],
       "totals": {"shards", "tokens", "documents", "bytes",
                  "languages": {lang: {split: {"shards", "tokens", "documents"}}}},
+      "corpus_inputs": {"files": [{"path", "lang", "format", "bytes", "mtime_ns"}, ...],
+                        "options": {...}},        # optional: what the shards were made from
       "corpus_read": {"files", "documents", "chars", "skipped", "skipped_by_file",
                       "examples"}                  # optional: what reading skipped, and where
     }
@@ -75,6 +77,8 @@ class Manifest:
     shard_tokens: int
     zstd_level: int
     shards: list[ShardEntry] = field(default_factory=list)
+    corpus_inputs: dict[str, Any] | None = None
+    """The files and reading options the shards were made from (`corpus.fingerprint_inputs`)."""
     corpus_read: dict[str, Any] | None = None
     """What reading the corpus counted and skipped (`ReadStats.as_dict()`), when known."""
 
@@ -125,6 +129,7 @@ class Manifest:
             "zstd_level": self.zstd_level,
             "shards": [asdict(s) for s in self.shards],
             "totals": self.totals(),
+            **({} if self.corpus_inputs is None else {"corpus_inputs": self.corpus_inputs}),
             **({} if self.corpus_read is None else {"corpus_read": self.corpus_read}),
         }
 
@@ -222,6 +227,7 @@ def parse_manifest(raw: Any, data_dir: Path, where: str) -> Manifest:
         shard_tokens=_count(raw, "shard_tokens", where),
         zstd_level=_get(raw, "zstd_level", int, where),
         shards=shards,
+        corpus_inputs=_optional(raw, "corpus_inputs", where),
         corpus_read=_optional(raw, "corpus_read", where),
     )
 

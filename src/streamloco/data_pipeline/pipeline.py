@@ -16,7 +16,13 @@ from typing import Any
 
 from streamloco.atomic import atomic_write_bytes
 from streamloco.config import Config
-from streamloco.data_pipeline.corpus import CorpusSpec, ReadStats, format_skips, iter_documents
+from streamloco.data_pipeline.corpus import (
+    CorpusSpec,
+    ReadStats,
+    fingerprint_inputs,
+    format_skips,
+    iter_documents,
+)
 from streamloco.data_pipeline.executor import Executor
 from streamloco.data_pipeline.manifest import Manifest
 from streamloco.data_pipeline.tokenize import split_of, tokenize_corpus
@@ -116,13 +122,19 @@ def report_from_config(cfg: Config, reference_lang: str) -> str:
     return format_report(rows) + "\n\n" + format_skips(reader.stats.as_dict())
 
 
-def tokenize_from_config(cfg: Config, executor: Executor, progress: bool = True) -> Manifest:
+def tokenize_from_config(
+    cfg: Config, executor: Executor, progress: bool = True, rebuild: bool = False
+) -> Manifest:
     """Tokenize the corpus into `data.dir` with `executor`.
 
     The caller picks the executor (`data.executor`, `data.workers`): a Ray one can only be built
     where Ray may be imported (launcher/, the CLI), never here.
     """
     reader = CorpusReader(cfg)
+    c = cfg.corpus  # the reading options that change which documents come out
+    inputs = fingerprint_inputs(
+        reader.specs, on_error=c.on_error, text_field=c.text_field, lang_field=c.lang_field
+    )
     return tokenize_corpus(
         reader,
         tokenizer_model_path(cfg),
@@ -134,6 +146,8 @@ def tokenize_from_config(cfg: Config, executor: Executor, progress: bool = True)
         progress=progress,
         executor=executor,
         corpus_read=lambda: reader.stats.as_dict(),
+        inputs=inputs,
+        rebuild=rebuild,
     )
 
 

@@ -19,7 +19,9 @@ manifest entry plus its stream index and a digest of the documents it holds. The
 line is a fingerprint of the options (tokenizer sha256, dtype, split fraction and seed,
 shard_tokens, zstd level). On a re-run:
 
-- a finished dir (manifest.json present, same fingerprint) is returned as is: a no-op;
+- a finished dir (manifest.json present, same fingerprint, including the corpus inputs when
+  the caller gives them, every shard's sha256 intact) is returned as is: a no-op; `rebuild`
+  deletes manifest and journal first, so the run starts over;
 - otherwise the journal is read (a torn last line is dropped), every journaled shard is
   re-verified by sha256 and, per stream, the shards after the first bad one are dropped; stray
   temporary files and unjournaled shard files are deleted;
@@ -49,6 +51,7 @@ from typing import Any
 import numpy as np
 
 from streamloco.atomic import TMP_MARK, atomic_write
+from streamloco.data_pipeline.corpus import describe_changes
 from streamloco.data_pipeline.executor import Executor, LocalExecutor
 from streamloco.data_pipeline.manifest import (
     MANIFEST_NAME,
@@ -214,11 +217,10 @@ class _Journal:
             raise TokenizeError(f"{self.path}: not a tokenize journal; delete it to start over")
         old = records[0].get("fingerprint")
         if old != self.header["fingerprint"]:
-            diff = {k: (old.get(k), v) for k, v in self.header["fingerprint"].items()}
-            diff = {k: v for k, v in diff.items() if v[0] != v[1]}
             raise TokenizeError(
-                f"{self.out_dir}: an unfinished run with other options is here "
-                f"(option: (journal, now) = {diff}); resume with the same options or delete it"
+                f"{self.out_dir}: an unfinished run with other options or corpus is here "
+                f"({_mismatch(old, self.header['fingerprint'])}); resume with the same ones, "
+                "rebuild (--rebuild) or delete it"
             )
         return self._verified(records[1:])
 
@@ -266,10 +268,25 @@ def _entry(e: dict) -> ShardEntry:
 _LANG_OK = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789_-")
 
 
+def _mismatch(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """What differs between two fingerprints: options as (there, now), the corpus by file."""
+    diff = {k: (old.get(k), v) for k, v in new.items() if k != "inputs" and old.get(k) != v}
+    parts = [f"option: (there, now) = {diff}"] if diff else []
+    if old.get("inputs") != new.get("inputs"):
+        parts.append(
+            "corpus changed: " + "; ".join(describe_changes(old.get("inputs"), new["inputs"]))
+        )
+    return ", ".join(parts)
+
+
 def _fingerprint(m: Manifest) -> dict[str, Any]:
-    """The options that decide the shards' bytes: a resumed or rerun job must match them."""
+    """What decides the shards' bytes: a resumed or rerun job must match it.
+
+    The options always; the corpus inputs when the caller fingerprinted them (a caller passing
+    documents from memory has no files to describe)."""
     t = m.tokenizer
-    return {
+    inputs = {} if m.corpus_inputs is None else {"inputs": m.corpus_inputs}
+    return inputs | {
         "tokenizer_sha256": t.sha256,
         "vocab_size": t.vocab_size,
         "eos_id": t.eos_id,
@@ -377,6 +394,8 @@ def tokenize_corpus(
     chunk_docs: int = 256,
     executor: Executor | None = None,
     corpus_read: Callable[[], dict[str, Any]] | None = None,
+    inputs: dict[str, Any] | None = None,
+    rebuild: bool = False,
 ) -> Manifest:
     """Tokenize the documents of `docs_factory()` into shards under `out_dir` (module doc).
 
@@ -385,7 +404,9 @@ def tokenize_corpus(
     `chunk_docs` documents (or ~1M characters) go to a worker at a time. Re-running resumes an
     interrupted run or, on a finished dir, returns its manifest without reading the corpus.
     `corpus_read`, called after the corpus was read, gives what reading counted and skipped,
-    recorded in the manifest.
+    recorded in the manifest. `inputs` (`corpus.fingerprint_inputs`) is recorded too, and a
+    finished or unfinished dir made from other inputs is refused naming what changed, unless
+    `rebuild` (which starts over, deleting the old shards).
     """
     if shard_tokens < 1 or chunk_docs < 1:
         raise ValueError(f"shard_tokens and chunk_docs must be >= 1 ({shard_tokens}, {chunk_docs})")
@@ -405,16 +426,22 @@ def tokenize_corpus(
         split_seed=seed,
         shard_tokens=shard_tokens,
         zstd_level=zstd_level,
+        corpus_inputs=inputs,
     )
     fp = _fingerprint(manifest)
+    if rebuild:  # the manifest first: from here on the old shards are not vouched for
+        for name in (MANIFEST_NAME, JOURNAL_NAME):
+            (out_dir / name).unlink(missing_ok=True)
     if (out_dir / MANIFEST_NAME).exists():
-        finished = load_manifest(out_dir, verify="size")
+        finished = load_manifest(out_dir, verify="sha256")
         old = _fingerprint(finished)
+        if inputs is None:  # nothing to compare the corpus with
+            old.pop("inputs", None)
         if old != fp:
-            diff = {k: (old[k], v) for k, v in fp.items() if old[k] != v}
             raise TokenizeError(
-                f"{out_dir} already holds a finished tokenization with other options "
-                f"(option: (there, asked) = {diff}); use another directory or delete it"
+                f"{out_dir} already holds a finished tokenization made from other options or "
+                f"another corpus ({_mismatch(old, fp)}); rebuild it (--rebuild), use another "
+                "directory or delete it"
             )
         return finished
     out_dir.mkdir(parents=True, exist_ok=True)
