@@ -76,6 +76,9 @@ EDGE_CASES = [
     "tabs\tand\n\nnewlines\r\nand \r returns\n",
     "emoji 😀👍🏽 and flags 🇲🇼",
     "CJK 日本語 한국어 and Devanagari हिन्दी",
+    "joiners: \u0645\u06cc\u200c\u062e\u0648\u0627\u0647\u0645 \u0915\u094d\u200d",
+    "emoji family 👨\u200d👩\u200d👧",
+    "Greek oxia \u1ffd and varia \u1fef",
     "combining: e\u0301 a\u0331 o\u0332 n\u0303",
     "apostrophes ’ ʼ ꞌ ´ ` '",
     "a literal \u2581 (SentencePiece's space) \u2581\u2581 twice",
@@ -333,6 +336,14 @@ def test_options_validation():
         TokenizerOptions(vocab_size=100)
     with pytest.raises(ValueError, match=r"unknown tokenizer option\(s\) \['vocab'\]"):
         TokenizerOptions.from_dict({"vocab": 5})
+
+
+def test_sidecar_without_strip_joiners_keeps_stripping_them():
+    # Models trained before the option existed saw ZWNJ/ZWJ removed; they must keep encoding so.
+    old = TokenizerOptions().to_dict()
+    del old["normalize"]["strip_joiners"]
+    assert TokenizerOptions.from_dict(old).normalize.strip_joiners is True
+    assert TokenizerOptions.from_dict(TokenizerOptions().to_dict()) == TokenizerOptions()
 
 
 def test_pickle(tok):

@@ -103,7 +103,11 @@ class TokenizerOptions:
             raise ValueError(f"unknown tokenizer option(s) {unknown}; known: {sorted(known)}")
         values = dict(data)
         if isinstance(values.get("normalize"), dict):
-            values["normalize"] = NormalizeOptions(**values["normalize"])
+            norm = dict(values["normalize"])
+            # A sidecar from before strip_joiners was trained with ZWNJ/ZWJ stripped: a missing
+            # key keeps that, so an existing model encodes text as it was trained.
+            norm.setdefault("strip_joiners", True)
+            values["normalize"] = NormalizeOptions(**norm)
         return cls(**values)
 
 
