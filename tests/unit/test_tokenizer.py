@@ -145,6 +145,59 @@ def test_encode_batch_property(tok, texts):
     assert tok.encode_batch(texts) == [tok.encode(t) for t in texts]
 
 
+@settings(max_examples=300, deadline=None, derandomize=True)
+@given(
+    st.text(alphabet="ab \t\n\r\u2581\u2585\u0301\u0332\u00a0\u1ffd'’日😀1", max_size=60),
+    st.integers(1, 8),
+)
+def test_encoding_in_pieces_equals_encoding_whole(tok, text, limit):
+    # Long texts are normalized a few lines at a time and encoded a piece at a time (cut after a
+    # newline, or before a space): the tokens must be those of the whole text, at any cut.
+    assert tok.encode(text, piece_chars=limit) == tok.encode(text)
+    lengths, flat = tok.encode_flat([text, "ab"], "uint32", piece_chars=limit)
+    assert lengths.tolist() == [len(tok.encode(text)) + 1, len(tok.encode("ab")) + 1]
+    assert flat.tolist() == [*tok.encode(text), tok.eos_id, *tok.encode("ab"), tok.eos_id]
+
+
+def test_long_document_pieces_equal_whole(tok):
+    rng = random.Random(5)
+    words = [*WORDS["nya"].split(), "日本", "\u2581", "x\u0332", "  "]
+    lines = [" ".join(rng.choice(words) for _ in range(rng.randrange(1, 400))) for _ in range(3000)]
+    doc = "\n".join(lines) + " " + " ".join(rng.choice(words) for _ in range(100_000))
+    whole = tok._encode_normalized(tok.normalize(doc))
+    assert tok.encode(doc, piece_chars=10_000) == whole
+    assert tok.encode_flat([doc], "uint16", piece_chars=10_000)[1].tolist() == [*whole, tok.eos_id]
+
+
+MEMORY_SCRIPT = """
+import resource, sys
+from streamloco.data_pipeline.tokenize import _Encoder, _encode
+from streamloco.tokenizer.model import Tokenizer
+tok = Tokenizer.load(sys.argv[1])
+line = " ".join(f"ndipo{i % 97} anati Yehova" for i in range(40)) + "\\n"
+doc = line * (20_000_000 // len(line))  # 20M characters
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+lengths, flat = _encode(_Encoder(tok, "uint16"), [doc])
+print((resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before) // 1024, flat.size)
+"""
+
+
+def test_long_document_memory_is_bounded(trained):
+    # A 20M-character document through the tokenize stage's encoder: once +470 MB (SentencePiece's
+    # per-byte work arrays over the whole string and a Python int per token); in pieces the
+    # growth is the token array (2 bytes per token here) plus one piece's work.
+    out = subprocess.run(
+        [sys.executable, "-c", MEMORY_SCRIPT, str(trained)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=True,
+    )
+    grown_mb, tokens = map(int, out.stdout.split())
+    assert tokens > 3_000_000
+    assert grown_mb < 120, out.stdout
+
+
 # ---------------------------------------------------------------- vocabulary
 
 

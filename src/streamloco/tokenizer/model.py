@@ -25,18 +25,28 @@ rule, no extra-whitespace removal, no dummy prefix), so the one thing it still r
 space: it is stored as U+2581 (▁) and every ▁ is decoded as a space. A literal ▁ in the input is
 therefore encoded as its three UTF-8 byte pieces, which decode to ▁ verbatim (see `encode`).
 Control pieces (pad, bos, eos, language tags) decode to the empty string.
+
+Long texts are encoded in pieces of about `PIECE_CHARS` characters, so memory does not grow with
+one document's length (SentencePiece allocates work arrays per byte of the string it encodes):
+the text is normalized a run of whole lines at a time (cut just after a newline, where no
+normalization rule reaches across) and each run is encoded a piece at a time, cut just before a
+space. No piece spans either cut: the newline is a piece of its own, and a learned piece holds
+▁ only as its first character (SentencePiece's split_by_whitespace), so every space starts a
+piece. The tokens are those of the whole text (tested at every cut position on small pieces).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import sentencepiece as spm
+from numpy.typing import DTypeLike
 
 from streamloco.text.normalize import NormalizeOptions, normalize
 
@@ -44,6 +54,7 @@ PAD_ID, UNK_ID, BOS_ID, EOS_ID = 0, 1, 2, 3
 SPACE_SYMBOL = "\u2581"  # SentencePiece's stand-in for a space
 SIDECAR_FORMAT = "streamloco-tokenizer"
 SIDECAR_VERSION = 1
+PIECE_CHARS = 1 << 20  # longer texts are encoded in pieces of about this many characters
 
 
 def lang_tag_piece(lang: str) -> str:
@@ -109,6 +120,24 @@ class TokenizerOptions:
             norm.setdefault("strip_joiners", True)
             values["normalize"] = NormalizeOptions(**norm)
         return cls(**values)
+
+
+def _cut(text: str, limit: int, sep: str) -> Iterator[str]:
+    """`text` in pieces of about `limit` characters, cut just after a newline (`sep` "\\n") or
+    just before a space (`sep` " "); a piece without such a place is longer (module doc)."""
+    after = sep == "\n"
+    start = 0
+    while len(text) - start > limit:
+        # A cut at `start` itself would give an empty piece: search from start + 1.
+        at = text.rfind(sep, start + 1 - after, start + limit)
+        if at < 0:
+            at = text.find(sep, start + limit)
+            if at < 0:
+                break
+        end = at + after
+        yield text[start:end]
+        start = end
+    yield text[start:]
 
 
 def sidecar_path(model_path: str | Path) -> Path:
@@ -178,22 +207,60 @@ class Tokenizer:
             ids.extend(self._sp.encode(part))
         return ids
 
-    def encode(self, text: str) -> list[int]:
-        """Token ids of ``normalize(text)``; no bos/eos added (the caller decides)."""
-        return self._encode_normalized(self.normalize(text))
+    def _encode_pieces(self, text: str, piece_chars: int) -> Iterator[list[int]]:
+        """Tokens of `text` (not yet normalized), a piece at a time (module doc)."""
+        for lines in _cut(text, piece_chars, "\n"):
+            for piece in _cut(self.normalize(lines), piece_chars, " "):
+                yield self._encode_normalized(piece)
 
-    def encode_batch(self, texts: Sequence[str], num_threads: int = 1) -> list[list[int]]:
+    def encode(self, text: str, piece_chars: int = PIECE_CHARS) -> list[int]:
+        """Token ids of ``normalize(text)``; no bos/eos added (the caller decides)."""
+        if len(text) <= piece_chars:
+            return self._encode_normalized(self.normalize(text))
+        return [i for ids in self._encode_pieces(text, piece_chars) for i in ids]
+
+    def encode_batch(
+        self, texts: Sequence[str], num_threads: int = 1, piece_chars: int = PIECE_CHARS
+    ) -> list[list[int]]:
         """`encode` for many texts, using SentencePiece's threaded batch encoder."""
-        norm = [self.normalize(t) for t in texts]
-        plain = [i for i, t in enumerate(norm) if SPACE_SYMBOL not in t]
+        # Short texts without a literal ▁ go to the batch encoder; the others one at a time.
+        norm = [self.normalize(t) if len(t) <= piece_chars else None for t in texts]
+        plain = [i for i, t in enumerate(norm) if t is not None and SPACE_SYMBOL not in t]
         out: list[list[int]] = [[] for _ in norm]
         encoded = self._sp.encode([norm[i] for i in plain], num_threads=num_threads)
         for i, ids in zip(plain, encoded, strict=True):
             out[i] = ids
         for i, t in enumerate(norm):
-            if SPACE_SYMBOL in t:
+            if t is None:
+                out[i] = self.encode(texts[i], piece_chars)
+            elif SPACE_SYMBOL in t:
                 out[i] = self._encode_normalized(t)
         return out
+
+    def encode_flat(
+        self, texts: Sequence[str], dtype: DTypeLike, piece_chars: int = PIECE_CHARS
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """(tokens per text, eos included; every text's tokens followed by eos) as arrays.
+
+        Memory for a long text is its token array plus one piece's work, never a Python int
+        per token (about 36 bytes each) or SentencePiece's arrays over the whole text.
+        """
+        short = [t for t in texts if len(t) <= piece_chars]
+        encoded = iter(self.encode_batch(short, piece_chars=piece_chars))
+        eos = np.array([self.eos_id], dtype=dtype)
+        parts: list[np.ndarray] = []
+        lengths = np.zeros(len(texts), dtype=np.int64)
+        for k, text in enumerate(texts):
+            if len(text) <= piece_chars:
+                pieces: Iterable[list[int]] = [next(encoded)]
+            else:
+                pieces = self._encode_pieces(text, piece_chars)
+            for ids in pieces:
+                parts.append(np.array(ids, dtype=dtype))
+                lengths[k] += len(ids)
+            parts.append(eos)
+            lengths[k] += 1
+        return lengths, np.concatenate(parts) if parts else np.zeros(0, dtype=dtype)
 
     def decode(self, ids: Sequence[int]) -> str:
         """Text of `ids`; control pieces (pad, bos, eos, language tags) decode to nothing."""
