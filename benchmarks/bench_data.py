@@ -48,8 +48,9 @@ from timing import median_time  # benchmarks/timing.py (scripts run from the rep
 def load_corpus(tmp: Path, synthetic: bool) -> tuple[list[Document], str]:
     if not synthetic:
         try:
-            from streamloco.data_pipeline.corpus import CorpusSpec, iter_documents
+            from streamloco.data_pipeline.corpus import iter_documents
             from streamloco.data_pipeline.demo import write_demo_corpus
+            from streamloco.data_pipeline.inputs import CorpusSpec
 
             write_demo_corpus(tmp / "demo")
             specs = [CorpusSpec(str(p)) for p in sorted((tmp / "demo").glob("*.jsonl.zst"))]

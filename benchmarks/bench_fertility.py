@@ -20,7 +20,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from streamloco.data_pipeline.corpus import CorpusSpec, iter_documents
+from streamloco.data_pipeline.corpus import iter_documents
+from streamloco.data_pipeline.inputs import CorpusSpec
 from streamloco.data_pipeline.tokenize import split_of
 from streamloco.text.documents import Document
 from streamloco.tokenizer.model import Tokenizer, TokenizerOptions

@@ -137,9 +137,9 @@ def cmd_data_demo(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_data_tokenize(args: argparse.Namespace, overrides: list[str]) -> int:
     import os
 
-    from streamloco.data_pipeline.corpus import format_skips
     from streamloco.data_pipeline.executor import Executor, LocalExecutor
     from streamloco.data_pipeline.pipeline import manifest_summary, tokenize_from_config
+    from streamloco.data_pipeline.read_stats import format_skips
 
     cfg = _load(args, overrides)
     kind, workers = cfg.data.executor, cfg.data.workers or None
@@ -164,8 +164,8 @@ def cmd_data_tokenize(args: argparse.Namespace, overrides: list[str]) -> int:
 def cmd_tokenizer_train(args: argparse.Namespace, overrides: list[str]) -> int:
     import json
 
-    from streamloco.data_pipeline.corpus import format_skips
     from streamloco.data_pipeline.pipeline import train_tokenizer_from_config
+    from streamloco.data_pipeline.read_stats import format_skips
     from streamloco.tokenizer.model import sidecar_path
 
     cfg = _load(args, overrides)

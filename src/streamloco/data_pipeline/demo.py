@@ -52,7 +52,7 @@ from types import ModuleType
 import zstandard
 
 from streamloco.atomic import atomic_write_bytes
-from streamloco.data_pipeline.corpus import ReadStats
+from streamloco.data_pipeline.read_stats import ReadStats
 from streamloco.text.documents import CorpusError, Document
 
 DEMO_LANGUAGES: dict[str, str] = {

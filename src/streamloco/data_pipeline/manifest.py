@@ -78,7 +78,7 @@ class Manifest:
     zstd_level: int
     shards: list[ShardEntry] = field(default_factory=list)
     corpus_inputs: dict[str, Any] | None = None
-    """The files and reading options the shards were made from (`corpus.fingerprint_inputs`)."""
+    """The files and reading options the shards were made from (`inputs.fingerprint_inputs`)."""
     corpus_read: dict[str, Any] | None = None
     """What reading the corpus counted and skipped (`ReadStats.as_dict()`), when known."""
 

@@ -16,15 +16,11 @@ from typing import Any
 
 from streamloco.atomic import atomic_write_bytes
 from streamloco.config import Config
-from streamloco.data_pipeline.corpus import (
-    CorpusSpec,
-    ReadStats,
-    fingerprint_inputs,
-    format_skips,
-    iter_documents,
-)
+from streamloco.data_pipeline.corpus import iter_documents
 from streamloco.data_pipeline.executor import Executor
+from streamloco.data_pipeline.inputs import CorpusSpec, fingerprint_inputs
 from streamloco.data_pipeline.manifest import Manifest
+from streamloco.data_pipeline.read_stats import ReadStats, format_skips
 from streamloco.data_pipeline.tokenize import split_of, tokenize_corpus
 from streamloco.text.documents import Document
 from streamloco.text.normalize import NormalizeOptions

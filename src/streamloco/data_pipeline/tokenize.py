@@ -50,8 +50,8 @@ from typing import Any
 import numpy as np
 
 from streamloco.atomic import TMP_MARK, atomic_write
-from streamloco.data_pipeline.corpus import describe_changes
 from streamloco.data_pipeline.executor import Executor, LocalExecutor
+from streamloco.data_pipeline.inputs import describe_changes
 from streamloco.data_pipeline.manifest import (
     MANIFEST_NAME,
     Manifest,
@@ -397,7 +397,7 @@ def tokenize_corpus(
     `chunk_docs` documents (or ~1M characters) go to a worker at a time. Re-running resumes an
     interrupted run or, on a finished dir, returns its manifest without reading the corpus.
     `corpus_read`, called after the corpus was read, gives what reading counted and skipped,
-    recorded in the manifest. `inputs` (`corpus.fingerprint_inputs`) is recorded too, and a
+    recorded in the manifest. `inputs` (`inputs.fingerprint_inputs`) is recorded too, and a
     finished or unfinished dir made from other inputs is refused naming what changed, unless
     `rebuild` (which starts over, deleting the old shards).
     """
