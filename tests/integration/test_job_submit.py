@@ -202,9 +202,8 @@ def test_relative_out_dir_in_a_job_is_refused_with_the_fix(ray_head, tmp_path):
     assert "streamloco train:" not in log, log  # failed before anything was trained or shown
 
 
-def test_unreachable_head_is_one_clear_line(tmp_path):
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+def _submit_to_nowhere(env: dict) -> tuple[subprocess.CompletedProcess, str]:
+    """submit_job.sh against a free port where no head listens; it must fail."""
     address = f"http://127.0.0.1:{_free_port()}"
     r = subprocess.run(
         [str(SCRIPT), "--address", address, "--", "config"],
@@ -214,6 +213,13 @@ def test_unreachable_head_is_one_clear_line(tmp_path):
         timeout=30,
     )
     assert r.returncode != 0
+    return r, address
+
+
+def test_unreachable_head_is_one_clear_line(tmp_path):
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    env["PATH"] = f"{VENV_BIN}{os.pathsep}{env.get('PATH', '')}"
+    r, address = _submit_to_nowhere(env)
     assert f"no Ray head answers at {address}" in r.stderr, r.stderr
 
 
@@ -223,15 +229,7 @@ def test_a_token_file_others_can_read_is_warned_about_before_submitting(tmp_path
     token_path.write_text(secrets.token_hex(32))
     token_path.chmod(mode)
     env = _clean_env(token_path)
-    address = f"http://127.0.0.1:{_free_port()}"  # nothing there: the check comes first
-    r = subprocess.run(
-        [str(SCRIPT), "--address", address, "--", "config"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=30,
-    )
-    assert r.returncode != 0
+    r, address = _submit_to_nowhere(env)  # the token check comes before any connection
     warning = f"submit_job.sh: warning: Ray's auth token {token_path} is readable by other users"
     assert (warning in r.stderr) == bool(mode & 0o044), r.stderr
     assert (f"chmod 600 {token_path}" in r.stderr) == bool(mode & 0o044), r.stderr
