@@ -1,5 +1,6 @@
 """The shared normalization: each documented rule, and idempotence on arbitrary text."""
 
+import re
 import unicodedata
 
 import pytest
@@ -143,3 +144,37 @@ def test_joiners_are_kept_by_default():
     assert [normalize(w, strip) for w in words] == [
         w.replace("\u200c", "").replace("\u200d", "") for w in words
     ]
+
+
+def _reference(text: str, opts: NormalizeOptions) -> str:
+    """The rules written the plain way (``str.translate`` on every text): the regex fast path
+    of `normalize` must give exactly this."""
+    table = _table(opts)
+    if opts.strip_invisible:
+        text = text.replace("\r\n", "\n").replace("\r", "\n")
+    while True:
+        new = unicodedata.normalize(opts.form, text.translate(table))
+        if new == text:
+            break
+        text = new
+    if opts.collapse_whitespace:
+        text = re.sub(r"[ \t]+", " ", text)
+        text = re.sub(r" +\n", "\n", text).rstrip(" ")
+    return text
+
+
+@pytest.mark.parametrize("opts", OPTION_SETS)
+def test_fast_path_equals_plain_translate(opts):
+    # Every code point, in blocks with the characters the rules map, CR/LF and spaces mixed in.
+    mapped = "".join(chr(c) for c in _table(opts))
+    for i in range(0, len(ALL_CODE_POINTS), 4096):
+        block = "".join(ALL_CODE_POINTS[i : i + 4096])
+        text = f"{block} \r\n{mapped}\t {block[::-1]}  \r"
+        assert normalize(text, opts) == _reference(text, opts), (opts, i)
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.text(alphabet=st.characters(codec="utf-8") | st.sampled_from(list(" \t\r\n\u00ad’´"))))
+def test_fast_path_equals_plain_translate_on_random_text(text):
+    for opts in OPTION_SETS:
+        assert normalize(text, opts) == _reference(text, opts)

@@ -44,7 +44,9 @@ _APOSTROPHES = "\u2019\u2018\u02bc\ua78c\ua78b\u00b4\u0060\u2032"
 _SPACES = (
     "\u00a0\u2000\u2001\u2002\u2003\u2004\u2005\u2006\u2007\u2008\u2009\u200a\u202f\u205f\u3000"
 )
-_RUNS = re.compile(r"[ \t]+")
+# Only runs that change: two or more blanks, or any tab (a lone space is most of the matches
+# of a plain `[ \t]+`, each rewritten to itself).
+_RUNS = re.compile(r" [ \t]+|\t[ \t]*")
 _TRAILING = re.compile(r" +\n")
 
 
@@ -77,21 +79,40 @@ def _table(opts: NormalizeOptions) -> dict[int, str | None]:
     return table
 
 
-_TABLES: dict[NormalizeOptions, dict[int, str | None]] = {}
+class _Rules:
+    """One options set's table, and a regex of the characters it maps.
+
+    Most text holds none of them (the demo corpus: 90% of documents), and ``str.translate``
+    costs a dict lookup per character of every text; a regex scan is about ten times cheaper, and
+    ``sub`` then touches only the matches. Same output as ``text.translate(table)``.
+    """
+
+    def __init__(self, opts: NormalizeOptions) -> None:
+        self.table = _table(opts)
+        self.chars = {chr(c): v or "" for c, v in self.table.items()}
+        chars = "".join(map(re.escape, sorted(self.chars)))
+        # (?!) never matches: an options set that maps nothing
+        self.pattern = re.compile(f"[{chars}]" if chars else "(?!)")
+
+    def apply(self, text: str) -> str:
+        return self.pattern.sub(lambda m: self.chars[m.group()], text)
+
+
+_RULES: dict[NormalizeOptions, _Rules] = {}
 
 
 def normalize(text: str, opts: NormalizeOptions = NormalizeOptions()) -> str:
     """Apply the documented rules (module doc) to `text`."""
-    table = _TABLES.get(opts)
-    if table is None:
-        table = _TABLES[opts] = _table(opts)
-    if opts.strip_invisible:
+    rules = _RULES.get(opts)
+    if rules is None:
+        rules = _RULES[opts] = _Rules(opts)
+    if opts.strip_invisible and "\r" in text:
         text = text.replace("\r\n", "\n").replace("\r", "\n")
-    mapped = text.translate(table)
+    mapped = rules.apply(text)
     text = unicodedata.normalize(opts.form, mapped)
     # Normalizing can produce a character the table maps (rule 5). Only text that normalization
     # changed can hold one (CPython returns the same object otherwise), so clean text skips this.
-    while text is not mapped and (mapped := text.translate(table)) != text:
+    while text is not mapped and (mapped := rules.apply(text)) != text:
         text = unicodedata.normalize(opts.form, mapped)
     if opts.collapse_whitespace:
         # The substring checks skip two regex passes on the common clean text (tokenizing
