@@ -1,7 +1,7 @@
 """Data pipeline numbers: tokenization throughput, shard compression, loader vs training speed.
 
     .venv/bin/python benchmarks/bench_data.py [--repeats R] [--workers N] [--vocab V]
-        [--scale S] [--synthetic] [--json PATH]
+        [--scale S] [--synthetic] [--json PATH] [--tokenize-only]
 
 Corpus: the demo corpus (`write_demo_corpus` into a temp dir; needs the `demo` extra), else
 (or with --synthetic) a synthetic multilingual text of similar size. A tokenizer of V pieces is
@@ -185,6 +185,7 @@ def main() -> None:
     ap.add_argument("--scale", type=int, default=4, help="repeat the corpus S times")
     ap.add_argument("--synthetic", action="store_true")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--tokenize-only", action="store_true", help="section 1 only")
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as d:
         tmp = Path(d)
@@ -209,6 +210,8 @@ def main() -> None:
                   f"{r['pipeline_tok_s']:9,.0f}  {r['ratio']:11.2f}  {r['cpu_ratio']:9.2f}  "
                   f"{r['normalize_share']:15.0%}  {r['startup_s']:10.2f}")  # fmt: skip
 
+        if args.tokenize_only:
+            return
         m = load_manifest(data)
         tokens = np.concatenate([np.concatenate(list(iter_shard_chunks(m.shard_path(s))))
                                  for s in m.shards])  # fmt: skip
