@@ -1,15 +1,17 @@
-"""Fertility and parity per language of tokenizers trained with T=1 and T=5 on the demo corpus.
+"""Fertility and parity per language of tokenizers trained three ways on the demo corpus.
 
     .venv/bin/python benchmarks/bench_fertility.py [--corpus DIR] [--vocab-size 8000]
         [--max-chars 3000000] [--heldout 0.1] [--seed 0] [--keep DIR] [--json PATH]
 
 Writes the demo corpus (`write_demo_corpus`, needs the ``demo`` extra) to a temporary directory
 unless ``--corpus`` names one already written, splits every language's documents into train and
-held-out by the pipeline's own per-document hash (`split_of`), trains two SentencePiece tokenizers
-that differ only in the language temperature (same vocabulary size, same sample size bound, same
-seed) and prints `fertility_report` on the held-out documents for each, then the per-language
-change. The sample bound keeps the run to a few minutes on two cores. Numbers are printed, never
-asserted; they are deterministic (no timing in the tables), so one run is the figure.
+held-out by the pipeline's own per-document hash (`split_of`), trains three SentencePiece
+tokenizers (same vocabulary size, sample size bound and seed): T=1 and T=5 with pieces split by
+Unicode script (the defaults before `split_by_script`), and T=5 without (today's default). It
+prints `fertility_report` on the held-out documents for each, then the per-language change from
+T=1 to T=5 and from splitting by script to not. The sample bound keeps the run to a few minutes
+on two cores. Numbers are printed, never asserted; they are deterministic (no timing in the
+tables), so one run is the figure.
 """
 
 from __future__ import annotations
@@ -28,7 +30,12 @@ from streamloco.tokenizer.model import Tokenizer, TokenizerOptions
 from streamloco.tokenizer.report import fertility_report, format_report
 from streamloco.tokenizer.train import train_tokenizer
 
-TEMPERATURES = (1.0, 5.0)
+# name -> TokenizerOptions fields that differ between the runs
+RUNS = {
+    "T=1": {"temperature": 1.0, "split_by_script": True},
+    "T=5": {"temperature": 5.0, "split_by_script": True},
+    "T=5, no script split": {"temperature": 5.0, "split_by_script": False},
+}
 
 
 def load_split(corpus: Path, heldout: float, seed: int) -> tuple[list[Document], list[Document]]:
@@ -38,32 +45,33 @@ def load_split(corpus: Path, heldout: float, seed: int) -> tuple[list[Document],
     return train, held
 
 
-def compare(rows: dict[float, list[dict]], shares: dict[float, dict], reference: str) -> str:
-    """Markdown table of the change from T=1 to T=5, then the parity gap of the languages
-    that pay more than the reference at T=1 (gap = parity - 1)."""
-    t1, t5 = ({r["lang"]: r for r in rows[t]} for t in TEMPERATURES)
-    s1, s5 = (shares[t] for t in TEMPERATURES)
+def compare(rows: dict[str, list[dict]], shares: dict[str, dict], a: str, b: str,
+            reference: str) -> str:  # fmt: skip
+    """Markdown table of the change from run `a` to run `b`, then the parity gap of the languages
+    that pay more than the reference in `a` (gap = parity - 1)."""
+    ra, rb = ({r["lang"]: r for r in rows[t]} for t in (a, b))
+    sa, sb = shares[a], shares[b]
     lines = [
-        "| lang | sample share T=1 / T=5 | tokens/char T=1 | tokens/char T=5 | change "
-        "| parity T=1 | parity T=5 | byte fallback T=1 / T=5 |",
+        f"| lang | sample share {a} / {b} | tokens/char {a} | tokens/char {b} | change "
+        f"| parity {a} | parity {b} | byte fallback {a} / {b} |",
         "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     gaps = []
-    for lang in t1:
-        a, b = t1[lang], t5[lang]
-        change = b["tokens_per_char"] / a["tokens_per_char"] - 1
+    for lang in ra:
+        x, y = ra[lang], rb[lang]
+        change = y["tokens_per_char"] / x["tokens_per_char"] - 1
         lines.append(
-            f"| {lang} | {s1.get(lang, 0):.1%} / {s5.get(lang, 0):.1%} "
-            f"| {a['tokens_per_char']:.3f} | {b['tokens_per_char']:.3f} | {change:+.1%} "
-            f"| {a['parity']:.2f} | {b['parity']:.2f} "
-            f"| {a['byte_fallback_rate']:.2%} / {b['byte_fallback_rate']:.2%} |"
+            f"| {lang} | {sa.get(lang, 0):.1%} / {sb.get(lang, 0):.1%} "
+            f"| {x['tokens_per_char']:.3f} | {y['tokens_per_char']:.3f} | {change:+.1%} "
+            f"| {x['parity']:.2f} | {y['parity']:.2f} "
+            f"| {x['byte_fallback_rate']:.2%} / {y['byte_fallback_rate']:.2%} |"
         )
-        if lang != reference and a["parity"] > 1.05:
-            gap1, gap5 = a["parity"] - 1, b["parity"] - 1
-            gaps.append(f"{lang} {gap1:.2f} -> {gap5:.2f} ({gap5 / gap1 - 1:+.0%})")
+        if lang != reference and x["parity"] > 1.05:
+            gap1, gap2 = x["parity"] - 1, y["parity"] - 1
+            gaps.append(f"{lang} {gap1:.2f} -> {gap2:.2f} ({gap2 / gap1 - 1:+.0%})")
     lines.append("")
     lines.append(
-        f"parity gap to {reference} (parity - 1) of the languages above 1.05 at T=1: "
+        f"parity gap to {reference} (parity - 1) of the languages above 1.05 in {a}: "
         + ("; ".join(gaps) or "none")
     )
     return "\n".join(lines)
@@ -74,26 +82,28 @@ def run(args: argparse.Namespace, corpus: Path, work: Path) -> dict:
     print(f"train documents: {len(train):,}   held-out documents: {len(held):,}")
     out: dict = {"args": vars(args) | {"corpus": str(corpus)}, "runs": {}}
     rows, shares = {}, {}
-    for t in TEMPERATURES:
+    for k, (name, fields) in enumerate(RUNS.items()):
         opts = TokenizerOptions(
-            vocab_size=args.vocab_size, temperature=t, max_chars=args.max_chars, seed=args.seed
+            vocab_size=args.vocab_size, max_chars=args.max_chars, seed=args.seed, **fields
         )
         t0 = time.perf_counter()
-        path = train_tokenizer(train, work / f"spm_t{t:g}", opts)
+        path = train_tokenizer(train, work / f"spm_{k}", opts)
         seconds = time.perf_counter() - t0
         tok = Tokenizer.load(path)
-        rows[t] = fertility_report(tok, held, reference_lang=args.reference)
+        rows[name] = fertility_report(tok, held, reference_lang=args.reference)
         sample = tok.sidecar["sample"]
-        print(f"\n## T={t:g}: trained in {seconds:.1f} s, vocab {tok.vocab_size}")
+        print(f"\n## {name}: trained in {seconds:.1f} s, vocab {tok.vocab_size}")
         total = sum(sample["chars"].values())
-        shares[t] = {k: v / total for k, v in sample["chars"].items()}
+        shares[name] = {k: v / total for k, v in sample["chars"].items()}
         print(
-            f"sample: {total:,} chars; " + ", ".join(f"{k} {v:.1%}" for k, v in shares[t].items())
+            f"sample: {total:,} chars; "
+            + ", ".join(f"{k} {v:.1%}" for k, v in shares[name].items())
         )
-        print(format_report(rows[t]))
-        out["runs"][f"T={t:g}"] = {"train_s": seconds, "sample": sample, "rows": rows[t]}
-    print("\n## change from T=1 to T=5 (held-out text)")
-    print(compare(rows, shares, args.reference))
+        print(format_report(rows[name]))
+        out["runs"][name] = {"train_s": seconds, "sample": sample, "rows": rows[name]}
+    for a, b in (("T=1", "T=5"), ("T=5", "T=5, no script split")):
+        print(f"\n## change from {a} to {b} (held-out text)")
+        print(compare(rows, shares, a, b, args.reference))
     return out
 
 
@@ -105,7 +115,7 @@ def main() -> None:
     p.add_argument("--heldout", type=float, default=0.1, help="held-out share per language")
     p.add_argument("--seed", type=int, default=0, help="split and sample seed")
     p.add_argument("--reference", default="spa", help="language parity is measured against")
-    p.add_argument("--keep", type=Path, help="keep the two tokenizers in this directory")
+    p.add_argument("--keep", type=Path, help="keep the tokenizers in this directory")
     p.add_argument("--json", type=Path, help="also write all numbers as JSON here")
     args = p.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

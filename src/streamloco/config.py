@@ -81,6 +81,9 @@ class TokenizerConfig:
     model_type: Literal["unigram", "bpe"] = _f("unigram", "SentencePiece model type")
     character_coverage: float = _f(0.9995, "share of characters covered by pieces (rest: bytes)")
     split_digits: bool = _f(True, "split numbers into single digits")
+    split_by_script: bool = _f(
+        False, "forbid pieces mixing Unicode scripts (True cuts words at a glottal apostrophe)"
+    )
     temperature: float = _f(5.0, "language sampling for the training sample: p ~ n^(1/T)")
     max_chars: int = _f(20_000_000, "characters in the training sample (keeps training fast)")
     lang_tags: bool = _f(False, "add a <2xxx> tag token per language")

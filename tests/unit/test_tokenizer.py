@@ -435,3 +435,32 @@ def test_fertility_report_without_reference(tok):
     rows = fertility_report(tok, [Document("ndipo anati", "nya", "n", 1)], reference_lang="spa")
     assert rows[0]["parity"] is None
     assert "| - |" in format_report(rows)
+
+
+def test_sidecar_without_split_by_script_records_the_old_recipe():
+    old = TokenizerOptions().to_dict()
+    del old["split_by_script"]
+    assert TokenizerOptions.from_dict(old).split_by_script is True
+    assert TokenizerOptions().split_by_script is False
+
+
+def _glottal_corpus() -> list[Document]:
+    # Mixtec-like words spelled with the glottal apostrophe, in varied sentences.
+    rng = random.Random(0)
+    words = ["ndi'i", "kue'e", "chu'un", "ndije'e", "sa'a", "ña'a", "iin", "tuku", "kokó", "nuú"]
+    lines = [" ".join(rng.choices(words, k=12)) for _ in range(600)]
+    return [Document("\n".join(lines[i : i + 20]), "mix", "t", i) for i in range(0, 600, 20)]
+
+
+@pytest.mark.parametrize("split_by_script", [True, False])
+def test_split_by_script_decides_whether_glottal_words_stay_whole(tmp_path, split_by_script):
+    opts = TokenizerOptions(vocab_size=300, split_by_script=split_by_script, max_chars=10**6)
+    tok = Tokenizer.load(train_tokenizer(_glottal_corpus(), tmp_path / "t", opts))
+    pieces = [tok.id_to_piece(i) for i in range(tok.vocab_size)]
+    # a piece with a letter on both sides of the apostrophe exists only without script splitting
+    inner = [p for p in pieces if re.search(r"\w'\w", p)]
+    assert bool(inner) is not split_by_script, inner[:5]
+    text = "ndi'i kue'e chu'un"
+    assert tok.decode(tok.encode(text)) == text
+    if not split_by_script:
+        assert len(tok.encode(text)) < 3 * 3  # not cut at each apostrophe into 3 pieces

@@ -78,6 +78,7 @@ def train_tokenizer_from_config(cfg: Config) -> Path:
         model_type=tk.model_type,
         character_coverage=tk.character_coverage,
         split_digits=tk.split_digits,
+        split_by_script=tk.split_by_script,
         temperature=tk.temperature,
         max_chars=tk.max_chars,
         seed=cfg.data.split_seed,

@@ -151,6 +151,7 @@ def _trainer_args(opts: TokenizerOptions, langs: list[str]) -> dict[str, object]
         "character_coverage": opts.character_coverage,
         "byte_fallback": True,
         "split_digits": opts.split_digits,
+        "split_by_unicode_script": opts.split_by_script,
         "normalization_rule_name": "identity",
         "remove_extra_whitespaces": False,
         "add_dummy_prefix": False,
