@@ -53,10 +53,28 @@ class EvalRecord:
 
     step: int
     loss_by_lang: dict[str, float]
+    # UTF-8 bytes per predicted token of each language's eval batches (empty: unknown, e.g. the
+    # synthetic language); what turns nats per token into bits per byte
+    bytes_per_token: dict[str, float] = field(default_factory=dict)
 
     @property
     def loss(self) -> float:
         return mean_loss(self.loss_by_lang)
+
+    @property
+    def bpb_by_lang(self) -> dict[str, float]:
+        """Bits per byte per language: comparable across languages and tokenizers, which
+        nats per token are not (a language split into more tokens has lower loss per token)."""
+        return bits_per_byte(self.loss_by_lang, self.bytes_per_token)
+
+
+def bits_per_byte(loss_by_lang: dict[str, float], bytes_per_token: dict[str, float]) -> dict:
+    """loss (nats per token) / (bytes per token * ln 2), for the languages with a byte count."""
+    return {
+        lang: loss / (bytes_per_token[lang] * math.log(2))
+        for lang, loss in loss_by_lang.items()
+        if bytes_per_token.get(lang, 0) > 0
+    }
 
 
 def mean_loss(losses: dict[str, float]) -> float:
@@ -124,6 +142,7 @@ TAGS = {
     "mfu": "perf/mfu/group{g}",
     "eval_loss_lang": "eval/loss/{lang}",
     "eval_ppl_lang": "eval/perplexity/{lang}",
+    "eval_bpb_lang": "eval/bpb/{lang}",
     "eval_loss": "eval/loss",
     "eval_ppl": "eval/perplexity",
     "ddp_bytes": "comm/ddp_bf16_bytes_per_group",
@@ -180,6 +199,8 @@ def scalars(rep: ChunkReport, outer_lr: float) -> Iterator[Scalar]:
             for lang, v in ev.loss_by_lang.items():
                 yield tag("eval_loss_lang", lang=lang), v, ev.step
                 yield tag("eval_ppl_lang", lang=lang), _perplexity(v), ev.step
+        for lang, v in ev.bpb_by_lang.items():
+            yield tag("eval_bpb_lang", lang=lang), v, ev.step
         yield tag("eval_loss"), ev.loss, ev.step
         yield tag("eval_ppl"), _perplexity(ev.loss), ev.step
 
@@ -196,7 +217,14 @@ def json_lines(rep: ChunkReport) -> Iterator[dict]:
     for r in rep.rounds:
         yield {"record": "round", "group": g, **asdict(r)}
     for ev in rep.evals:
-        yield {"record": "eval", "group": g, "step": ev.step, "loss": ev.loss, **asdict(ev)}
+        yield {
+            "record": "eval",
+            "group": g,
+            "step": ev.step,
+            "loss": ev.loss,
+            **asdict(ev),
+            "bpb_by_lang": ev.bpb_by_lang,
+        }
     if rep.rounds or rep.done:
         yield {
             "record": "totals",

@@ -44,6 +44,7 @@ class RunResult:
     recoveries: list[tuple[int, int]] = field(
         default_factory=list
     )  # (group, bytes received)  # tokens processed by all groups together
+    eval_bpb_by_lang: dict[str, float] = field(default_factory=dict)  # final, bits per byte
 
     @property
     def final_eval_loss(self) -> float:
@@ -100,7 +101,12 @@ def summarize(cfg: Config, result: RunResult) -> str:
         lines.append(
             "  per language: "
             + ", ".join(
-                f"{lang} {loss:.3f} (ppl {math.exp(loss):.1f})"
+                f"{lang} {loss:.3f} (ppl {math.exp(loss):.1f}"
+                + (
+                    f", {result.eval_bpb_by_lang[lang]:.3f} bits/byte)"
+                    if lang in result.eval_bpb_by_lang
+                    else ")"
+                )
                 for lang, loss in result.eval_by_lang.items()
             )
         )
@@ -158,6 +164,7 @@ class Collector:
         self.groups = [GroupResult() for _ in range(cfg.train.groups)]
         self.eval_history: list[tuple[int, float]] = []
         self.eval_by_lang: dict[str, float] = {}
+        self.eval_bpb_by_lang: dict[str, float] = {}
         self.steps = [0] * cfg.train.groups
         self.tokens = 0  # processed by this run (a resumed run counts from its checkpoint)
         self.recoveries: list[tuple[int, int]] = []
@@ -184,6 +191,7 @@ class Collector:
             for ev in rep.evals:
                 self.eval_history.append((ev.step, ev.loss))
                 self.eval_by_lang = dict(ev.loss_by_lang)
+                self.eval_bpb_by_lang = ev.bpb_by_lang
             if rep.group == 0 and self.cfg.train.groups > 1:
                 self._versus_ddp(res, rep.step)
 
@@ -217,4 +225,5 @@ class Collector:
             wall_s=wall_s,
             tokens=self.tokens,
             recoveries=list(self.recoveries),
+            eval_bpb_by_lang=self.eval_bpb_by_lang,
         )

@@ -2,10 +2,16 @@
 data demo -> tokenizer train -> data tokenize -> tokenizer report -> simulate on the shards."""
 
 import json
+import math
 
+import pytest
 from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
 from streamloco.cli import main
+from streamloco.data_pipeline.loader import validation_batches
+from streamloco.data_pipeline.manifest import load_manifest
+from streamloco.records import read_records
+from streamloco.tokenizer.model import Tokenizer
 
 LANGS = {"mix", "nah", "nya", "oto", "spa"}
 
@@ -66,6 +72,21 @@ out_dir = "{tmp_path}/runs"
     evaluated = {t.split("/")[-1] for t in tags if t.startswith("eval/loss/")}
     assert evaluated and evaluated <= LANGS
     assert [e.step for e in acc.Scalars("eval/loss")] == [3, 6]
+    assert "bits/byte" in out and {f"eval/bpb/{lang}" for lang in evaluated} <= tags
+
+    # Bits per byte: the bytes per token recorded are those the eval windows decode to.
+    ev = [ln for ln in read_records(tmp_path / "runs" / "run" / "records.jsonl")
+          if ln["record"] == "eval"][-1]  # fmt: skip
+    assert set(ev["bpb_by_lang"]) == set(ev["loss_by_lang"]) == evaluated
+    tok = Tokenizer.load(tmp_path / "tok" / "demo.model")
+    shards = load_manifest(tmp_path / "shards")
+    for lang, per_token in ev["bytes_per_token"].items():
+        (batch,) = validation_batches(shards, lang, batch_size=4, seq_len=32, max_batches=1)
+        rows = [row[1:].tolist() for row in batch]
+        decoded = sum(len(tok.decode(r).encode("utf-8")) for r in rows)
+        assert per_token == pytest.approx(decoded / sum(map(len, rows)))
+        bpb = ev["loss_by_lang"][lang] / (per_token * math.log(2))
+        assert ev["bpb_by_lang"][lang] == pytest.approx(bpb)
 
 
 def test_missing_corpus_and_vocab_mismatch_fail_with_the_key(tmp_path, capsys):

@@ -464,3 +464,14 @@ def test_split_by_script_decides_whether_glottal_words_stay_whole(tmp_path, spli
     assert tok.decode(tok.encode(text)) == text
     if not split_by_script:
         assert len(tok.encode(text)) < 3 * 3  # not cut at each apostrophe into 3 pieces
+
+
+def test_byte_lengths_count_the_bytes_decode_gives(tmp_path):
+    tok = Tokenizer.load(
+        train_tokenizer(make_corpus(), tmp_path / "t", TokenizerOptions(vocab_size=400))
+    )
+    table = tok.byte_lengths()
+    assert table.shape == (tok.vocab_size,) and table[tok.eos_id] == 0
+    for text in ["Moni bwanji, ndi'i kue'e!\nHola ñandú 123", "日本語 ▁ \u0331x", "a  b\n\n"]:
+        ids = [*tok.encode(text), tok.eos_id]
+        assert int(table[ids].sum()) == len(tok.decode(ids).encode("utf-8")), text

@@ -287,6 +287,19 @@ class Tokenizer:
     def id_to_piece(self, i: int) -> str:
         return self._sp.id_to_piece(i)
 
+    def byte_lengths(self) -> np.ndarray:
+        """UTF-8 bytes that each id decodes to (int64, one per id): a byte piece 1, a control or
+        unknown piece 0, any other piece its text with ▁ as a space. Bits per byte of a loss
+        need it (tokens per byte differ between languages and tokenizers)."""
+        sp = self._sp
+        out = np.zeros(self.vocab_size, dtype=np.int64)
+        for i in range(self.vocab_size):
+            if sp.is_byte(i):
+                out[i] = 1
+            elif not (sp.is_control(i) or sp.is_unknown(i)):
+                out[i] = len(sp.id_to_piece(i).replace(SPACE_SYMBOL, " ").encode("utf-8"))
+        return out
+
     def is_byte(self, i: int) -> bool:
         """True for the 256 byte-fallback pieces ``<0x00>``..``<0xFF>``."""
         return self._sp.is_byte(i)

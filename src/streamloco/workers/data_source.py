@@ -8,7 +8,7 @@ training loop does not care which one it has.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol
 
@@ -35,6 +35,8 @@ class DataSource:
     groups: int
     batch_size: int  # sequences per group per step
     nll_floor: float | None = None  # the synthetic language's true NLL on its eval batches
+    # UTF-8 bytes per predicted token of each eval set (for bits per byte); empty if unknown
+    eval_bytes_per_token: dict[str, float] = field(default_factory=dict)
 
     def stream(self, group: int, rank: int = 0, ranks: int = 1) -> BatchStream:
         """Rank `rank` of `ranks` in `group`: disjoint from every other (group, rank)."""
@@ -147,4 +149,26 @@ def _shard_source(cfg: Config) -> DataSource:
         make_stream=make,
         groups=t.groups,
         batch_size=t.batch_size,
+        eval_bytes_per_token=_bytes_per_token(manifest, eval_sets),
     )
+
+
+def _bytes_per_token(manifest, eval_sets: dict[str, list[torch.Tensor]]) -> dict[str, float]:
+    """UTF-8 bytes per predicted token of each eval set, from the shards' own tokenizer.
+
+    Empty when the tokenizer the manifest names is not readable here (a worker node without
+    it): the run then reports nats per token only, and says so (docs/training.md)."""
+    from streamloco.tokenizer.model import Tokenizer
+
+    try:
+        tok = Tokenizer.load(manifest.tokenizer.path)
+    except (OSError, ValueError):
+        return {}
+    if tok.sha256 != manifest.tokenizer.sha256:
+        return {}
+    table = torch.from_numpy(tok.byte_lengths())
+    out = {}
+    for lang, batches in eval_sets.items():
+        targets = torch.cat([b[:, 1:].reshape(-1) for b in batches])
+        out[lang] = float(table[targets].sum()) / targets.numel()
+    return out

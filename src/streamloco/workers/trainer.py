@@ -171,11 +171,11 @@ class Trainer:
             self._record(self.engine.step(), rep)
             every = cfg.train.eval_every
             if self.evaluator and every and self.step % every == 0:
-                rep.evals.append(EvalRecord(self.step, self.evaluate()))
+                rep.evals.append(self.eval_record())
         if self.step == cfg.train.steps and not self.finished:
             self._record(self.engine.finish(), rep)
             if self.evaluator and not (rep.evals and rep.evals[-1].step == self.step):
-                rep.evals.append(EvalRecord(self.step, self.evaluate()))
+                rep.evals.append(self.eval_record())
             self.finished = True
         rep.done = self.finished
         rep.seconds = time.perf_counter() - t0
@@ -280,6 +280,9 @@ class Trainer:
             lang: evaluate(model, batches, self.autocast)
             for lang, batches in self.data.eval_sets.items()
         }
+
+    def eval_record(self) -> EvalRecord:
+        return EvalRecord(self.step, self.evaluate(), self.data.eval_bytes_per_token)
 
     def global_state(self) -> dict[str, torch.Tensor]:
         return self.engine.global_state()
