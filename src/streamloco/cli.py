@@ -184,6 +184,82 @@ def cmd_tokenizer_report(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
+    from streamloco.hf.export import write_export
+    from streamloco.launcher.run_model import load_run_model, run_tokenizer
+
+    if overrides:
+        raise ValueError(f"export takes no config overrides: {' '.join(overrides)}")
+    run = load_run_model(args.run_dir)
+    tok = run_tokenizer(run, args.tokenizer)
+    provenance = {
+        "run_dir": str(Path(args.run_dir).absolute()),
+        "checkpoint": str(run.checkpoint.absolute()),
+        "step": run.step,
+        "tokenizer_sha256": tok.sha256 if tok is not None else "",
+    }
+    out = write_export(args.out_dir, run.args, run.state, tok, provenance, overwrite=args.overwrite)
+    n = sum(
+        t.numel() for k, t in run.state.items() if k != "head.weight" or not run.args.tie_embeddings
+    )
+    print(
+        f"exported {run.checkpoint} (step {run.step}, {n:,} parameters, "
+        f"{'tied' if run.args.tie_embeddings else 'untied'} embeddings) to {out.absolute()}"
+    )
+    if tok is None:
+        print("no tokenizer: the run trained on synthetic tokens")
+    print(f"load it: transformers.AutoModelForCausalLM.from_pretrained({str(out.absolute())!r})")
+    return 0
+
+
+def _load_for_generation(path: Path):
+    """(model, tokenizer) from an export directory or a run directory."""
+    from streamloco.hf.export import read_export
+    from streamloco.workers.model import Transformer
+
+    if (path / "config.json").is_file():
+        margs, state, tok = read_export(path)
+    elif (path / "checkpoints").is_dir():
+        from streamloco.launcher.run_model import load_run_model, run_tokenizer
+
+        run = load_run_model(path)
+        margs, state, tok = run.args, run.state, run_tokenizer(run)
+    else:
+        raise ValueError(f"{path}: neither an export (config.json) nor a run dir (checkpoints/)")
+    if tok is None:
+        raise ValueError(f"{path}: no tokenizer (a run on synthetic tokens has no text to write)")
+    model = Transformer(margs)
+    model.load_state_dict(state)
+    return model, tok
+
+
+def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
+    import torch
+
+    from streamloco.hf.generate import sample
+
+    if overrides:
+        raise ValueError(f"generate takes no config overrides: {' '.join(overrides)}")
+    torch.set_num_threads(args.threads)
+    model, tok = _load_for_generation(args.path)
+    # A document starts after </s> in the training stream (shards are documents + </s>).
+    prompt = [tok.eos_id, *tok.encode(args.prompt)]
+    for i in range(args.samples):
+        new = sample(
+            model,
+            prompt,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed + i,
+            stop=tok.eos_id,
+        )
+        if args.samples > 1:
+            print(f"--- sample {i + 1} (seed {args.seed + i})")
+        print(tok.normalize(args.prompt) + tok.decode(new))
+    return 0
+
+
 def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> int:
     import datetime as dt
     import shlex
@@ -278,6 +354,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="rebuild results.md and the plots from DIR/results.json",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p = add(
+        "export",
+        cmd_export,
+        "write the global model of a run's newest valid checkpoint in the Hugging Face Llama "
+        "layout (safetensors, config.json, tokenizer)",
+        config=False,
+    )
+    p.add_argument("run_dir", type=Path, help="run directory (holds checkpoints/)")
+    p.add_argument("out_dir", type=Path, help="new directory to write")
+    p.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        metavar="MODEL",
+        help="the run's tokenizer .model if not at its configured tokenizer.path",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
+    p = add(
+        "generate",
+        cmd_generate,
+        "sample text from a run directory or an export",
+        config=False,
+    )
+    p.add_argument("path", type=Path, help="run directory or export directory")
+    p.add_argument("--prompt", default="", help="text to continue")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass")
+    p.add_argument("--max-tokens", type=int, default=100, help="new tokens at most")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--samples", type=int, default=1, help="samples (seeds seed, seed+1, ...)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p = add("config", cmd_config, "print the resolved config as TOML")
     p.add_argument("--explain", action="store_true", help="list every key with its doc")
     add("fragments", cmd_fragments, "show how the model is cut into fragments")

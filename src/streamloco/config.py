@@ -48,6 +48,12 @@ class ModelConfig:
     vocab_size: int = _f(64, "vocabulary size (the tokenizer's, or the synthetic task's)")
     seq_len: int = _f(64, "training context length in tokens")
     tie_embeddings: bool = _f(True, "share the input embedding and output head weights")
+    init_from: str = _f(
+        "",
+        "start from this model directory in the Hugging Face Llama layout on local disk "
+        "(`streamloco export` writes one) instead of random weights; its shape must be "
+        "model.size's, its vocabulary model.vocab_size ('' = random init)",
+    )
 
 
 @dataclass
