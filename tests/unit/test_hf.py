@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 import torch
-from hf_helpers import demo_documents, tiny_model, train_small_tokenizer
 
+from hf_helpers import demo_documents, tiny_model, train_small_tokenizer
 from streamloco.config import load_config
 from streamloco.hf.export import read_export, write_export
 from streamloco.hf.generate import sample, top_p_filter
@@ -152,7 +152,7 @@ def test_init_from_shape_mismatch_names_the_field(tmp_path, override, message):
 
 def test_init_from_bad_directories(tmp_path):
     cfg = _cfg(tmp_path, f"--model.init_from={tmp_path / 'nothing'}")
-    with pytest.raises(ValueError, match="model.init_from: .*not a directory"):
+    with pytest.raises(ValueError, match=r"model\.init_from: .*not a directory"):
         load_init_state(cfg)
     from streamloco.workers.trainer import build_model
 
@@ -175,7 +175,7 @@ def test_init_from_bad_directories(tmp_path):
     with pytest.raises(ValueError, match="cannot read safetensors"):
         load_init_state(cfg)
     (out / "model.safetensors").unlink()
-    with pytest.raises(ValueError, match="no model.safetensors"):
+    with pytest.raises(ValueError, match=r"no model\.safetensors"):
         load_init_state(cfg)
 
 
