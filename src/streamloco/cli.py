@@ -260,6 +260,83 @@ def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_tokenizer_extend(args: argparse.Namespace, overrides: list[str]) -> int:
+    from streamloco.data_pipeline.pipeline import CorpusReader, tokenizer_model_path
+    from streamloco.tokenizer.extend import extend_tokenizer
+    from streamloco.tokenizer.model import Tokenizer
+    from streamloco.tokenizer.report import fertility_report
+
+    cfg = _load(args, overrides)
+    langs = sorted({x.strip() for x in args.langs.split(",") if x.strip()})
+    if not langs:
+        raise ValueError("--langs: give the new languages, e.g. --langs nah,oto,mix")
+    base = Tokenizer.load(tokenizer_model_path(cfg))
+    train_docs = [d for d in CorpusReader(cfg, "train")() if d.lang in langs]
+    missing = sorted(set(langs) - {d.lang for d in train_docs})
+    if missing:
+        raise ValueError(f"--langs: no training documents in corpus.inputs for {missing}")
+    ext, added = extend_tokenizer(
+        base, train_docs, args.out, args.new_vocab, args.max_new or args.new_vocab
+    )
+    print(
+        f"wrote {ext.path}: {base.vocab_size} base pieces (ids unchanged) + {added} new "
+        f"= {ext.vocab_size}; trained on {', '.join(langs)}"
+    )
+    held_out = list(CorpusReader(cfg, "validation")())
+    before = {r["lang"]: r for r in fertility_report(base, held_out, args.reference)}
+    after = {r["lang"]: r for r in fertility_report(ext, held_out, args.reference)}
+    print("\nheld-out (validation split) tokens/char and parity, before -> after:")
+    print("| lang | docs | tokens/char before | after | parity before | after |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for lang, b in before.items():
+        a = after[lang]
+        pb = "-" if b["parity"] is None else f"{b['parity']:.2f}"
+        pa = "-" if a["parity"] is None else f"{a['parity']:.2f}"
+        print(
+            f"| {lang}{' (new)' if lang in langs else ''} | {b['documents']} | "
+            f"{b['tokens_per_char']:.3f} | {a['tokens_per_char']:.3f} | {pb} | {pa} |"
+        )
+    if args.base_model is not None:
+        _extend_model(args, base, ext, [d for d in held_out if d.lang in langs], langs)
+    return 0
+
+
+def _extend_model(args, base, ext, held_out, langs) -> None:
+    """Resize the base model's embeddings for `ext`, compare the inits, write the chosen one."""
+    from streamloco.hf.embeddings import INIT_MODES, extend_embeddings, text_loss
+    from streamloco.hf.export import read_export, write_export
+    from streamloco.hf.init import check_vocabulary
+    from streamloco.workers.model import Transformer
+
+    margs, state, tok = read_export(args.base_model)
+    if tok is not None:
+        check_vocabulary(tok, base, str(args.base_model))
+    if args.model_out is None:
+        raise ValueError("--base-model needs --model-out DIR (where the resized model goes)")
+    print(f"\ninitial loss on held-out {', '.join(langs)} text (extended tokenizer):")
+    print("| new rows | " + " | ".join(langs) + " |")
+    print("|---|" + "---:|" * len(langs))
+    chosen = None
+    for mode in INIT_MODES:
+        new_args, new_state = extend_embeddings(state, margs, base, ext, mode, seed=args.seed)
+        model = Transformer(new_args)
+        model.load_state_dict(new_state)
+        losses = [
+            text_loss(model, ext, [d for d in held_out if d.lang == lang])[0] for lang in langs
+        ]
+        print(f"| {mode} | " + " | ".join(f"{x:.3f}" for x in losses) + " |")
+        if mode == args.init:
+            chosen = (new_args, new_state)
+    assert chosen is not None
+    prov = {"extended_from": str(args.base_model), "init": args.init, "base_sha256": base.sha256}
+    out = write_export(args.model_out, chosen[0], chosen[1], ext, prov)
+    print(
+        f"wrote {out} ({args.init} init, vocab {chosen[0].vocab_size}); train from it with "
+        f"--model.init_from={out} --model.vocab_size={chosen[0].vocab_size} "
+        f"--tokenizer.path={str(ext.path)[: -len('.model')]}"
+    )
+
+
 def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> int:
     import datetime as dt
     import shlex
@@ -416,6 +493,22 @@ def build_parser() -> argparse.ArgumentParser:
         tok,
     )
     p.add_argument("--reference", default="spa", help="language parity is measured against")
+    p = add(
+        "extend",
+        cmd_tokenizer_extend,
+        "add pieces for new languages to the trained tokenizer (tokenizer.path), keeping every "
+        "base id; report fertility before and after on the validation split",
+        tok,
+    )
+    p.add_argument("--langs", required=True, help="comma-separated new language codes")
+    p.add_argument("--out", type=Path, required=True, help="prefix of the extended tokenizer")
+    p.add_argument("--new-vocab", type=int, default=2000, help="pieces trained on the new text")
+    p.add_argument("--max-new", type=int, default=0, help="add at most this many (0: all new)")
+    p.add_argument("--reference", default="spa", help="language parity is measured against")
+    p.add_argument("--base-model", type=Path, default=None, help="export dir to resize")
+    p.add_argument("--model-out", type=Path, default=None, help="where the resized model goes")
+    p.add_argument("--init", choices=["mean", "random"], default="mean", help="new rows' init")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random init")
     return parser
 
 
