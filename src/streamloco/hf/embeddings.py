@@ -71,9 +71,9 @@ def text_loss(
         if len(stream) >= max_windows * t + 1:
             break
     n = min(max_windows, (len(stream) - 1) // t)
-    if n == 0:
+    if n <= 0:
         raise ValueError("text_loss: not enough text for one window")
-    x = torch.tensor(stream[: n * t + 1])
+    x = torch.tensor(stream[: n * t + 1], dtype=torch.long)
     inputs, targets = x[:-1].view(n, t), x[1:].view(n, t)  # (n, T) each
     model.eval()
     return float(lm_loss(model(inputs), targets)), n * t
