@@ -80,13 +80,26 @@ def test_new_rows_are_the_mean_of_the_base_segmentation(extended, tie):
     bigger.load_state_dict(new)  # the resized state is a complete model
 
 
-def test_text_loss_scores_whole_windows(extended, demo):
+def test_text_loss_scores_every_token_of_whole_documents(extended, demo):
     _, ext, _ = extended
     model = tiny_model(ext.vocab_size, True, max_seq_len=32)
-    loss, tokens = text_loss(model, ext, demo["nah"][-20:], max_windows=3)
-    assert tokens == 3 * 32 and 0 < loss < 20
-    with pytest.raises(ValueError, match="not enough text"):
-        text_loss(model, ext, [], max_windows=1)
+    docs = demo["nah"][-3:]
+    loss, tokens, nbytes = text_loss(model, ext, docs)
+    assert tokens == sum(len(ext.encode(d.text)) + 1 for d in docs)
+    assert nbytes == sum(len(ext.normalize(d.text).encode()) + 1 for d in docs)
+    # the same as one forward pass per window, computed by hand
+    stream = torch.tensor([ext.eos_id] + [i for d in docs for i in [*ext.encode(d.text), 3]])
+    nats = 0.0
+    torch.set_grad_enabled(False)
+    for s in range(0, len(stream) - 1, 32):
+        w = stream[s : s + 33]
+        nats += float(
+            torch.nn.functional.cross_entropy(model(w[None, :-1])[0], w[1:], reduction="sum")
+        )
+    torch.set_grad_enabled(True)
+    assert abs(loss - nats / tokens) < 1e-4
+    with pytest.raises(ValueError, match="no text"):
+        text_loss(model, ext, [])
 
 
 def test_transformers_reads_the_extended_tokenizer(tmp_path, extended, demo):

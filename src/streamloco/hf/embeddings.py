@@ -60,20 +60,30 @@ def extend_embeddings(
 
 @torch.no_grad()
 def text_loss(
-    model: Transformer, tok: Tokenizer, docs: Iterable[Document], max_windows: int = 64
-) -> tuple[float, int]:
-    """(mean next-token loss, tokens scored) on `docs`, in windows of the model's context;
-    documents are joined with </s> as in the token shards."""
-    stream: list[int] = []
-    t = model.args.max_seq_len
+    model: Transformer, tok: Tokenizer, docs: Iterable[Document], max_tokens: int = 8192
+) -> tuple[float, int, int]:
+    """(mean next-token loss in nats, tokens scored, UTF-8 bytes of the text scored) on `docs`.
+
+    Documents are joined with </s> as in the token shards and taken whole until `max_tokens`;
+    every token after the first is scored, in windows of the model's context (the last one
+    shorter). Bits per byte = loss * tokens / (bytes * ln 2): comparable across tokenizers.
+    """
+    stream: list[int] = [tok.eos_id]  # a document starts after </s>, as in training
+    nbytes = 0
     for d in docs:
-        stream += [*tok.encode(d.text), tok.eos_id]
-        if len(stream) >= max_windows * t + 1:
+        if len(stream) > max_tokens:
             break
-    n = min(max_windows, (len(stream) - 1) // t)
-    if n <= 0:
-        raise ValueError("text_loss: not enough text for one window")
-    x = torch.tensor(stream[: n * t + 1], dtype=torch.long)
-    inputs, targets = x[:-1].view(n, t), x[1:].view(n, t)  # (n, T) each
+        stream += [*tok.encode(d.text), tok.eos_id]
+        nbytes += len(tok.normalize(d.text).encode("utf-8")) + 1  # + the document's end
+    if len(stream) < 2:
+        raise ValueError("text_loss: no text to score")
+    t = model.args.max_seq_len
+    x = torch.tensor(stream, dtype=torch.long)
     model.eval()
-    return float(lm_loss(model(inputs), targets)), n * t
+    total = 0.0
+    for start in range(0, len(stream) - 1, t):
+        window = x[start : start + t + 1]  # (<= T+1,)
+        logits = model(window[None, :-1])  # (1, L, V)
+        total += float(lm_loss(logits, window[None, 1:])) * (len(window) - 1)
+    tokens = len(stream) - 1
+    return total / tokens, tokens, nbytes
