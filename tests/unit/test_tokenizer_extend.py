@@ -90,13 +90,11 @@ def test_text_loss_scores_every_token_of_whole_documents(extended, demo):
     # the same as one forward pass per window, computed by hand
     stream = torch.tensor([ext.eos_id] + [i for d in docs for i in [*ext.encode(d.text), 3]])
     nats = 0.0
-    torch.set_grad_enabled(False)
     for s in range(0, len(stream) - 1, 32):
         w = stream[s : s + 33]
-        nats += float(
-            torch.nn.functional.cross_entropy(model(w[None, :-1])[0], w[1:], reduction="sum")
-        )
-    torch.set_grad_enabled(True)
+        with torch.no_grad():
+            logits = model(w[None, :-1])[0]  # (L, V)
+        nats += float(torch.nn.functional.cross_entropy(logits, w[1:], reduction="sum"))
     assert abs(loss - nats / tokens) < 1e-4
     with pytest.raises(ValueError, match="no text"):
         text_loss(model, ext, [])
