@@ -54,6 +54,11 @@ class ModelConfig:
         "(`streamloco export` writes one) instead of random weights; its shape must be "
         "model.size's, its vocabulary model.vocab_size ('' = random init)",
     )
+    train_rows_from: int = _f(
+        0,
+        "train only the embedding (and untied output) rows from this id on, everything else "
+        "frozen bit-exactly: the first id an extended tokenizer added (0 = train everything)",
+    )
 
 
 @dataclass
@@ -447,6 +452,11 @@ def validate(cfg: Config) -> None:
     _check(m.size in MODEL_SIZES, "model.size", f"{m.size!r} is not one of {sorted(MODEL_SIZES)}")
     _check(m.vocab_size >= 2, "model.vocab_size", "must be >= 2")
     _check(m.seq_len >= 2, "model.seq_len", "must be >= 2")
+    _check(
+        0 <= m.train_rows_from < m.vocab_size,
+        "model.train_rows_from",
+        f"must be in [0, model.vocab_size={m.vocab_size}), got {m.train_rows_from}",
+    )
     _check(cfg.data.branching >= 1, "data.branching", "must be >= 1")
     _check(0 < cfg.data.validation_fraction < 1, "data.validation_fraction", "must be in (0, 1)")
     _check(cfg.data.shard_tokens >= 1024, "data.shard_tokens", "must be >= 1024")
