@@ -23,6 +23,8 @@ def cmd_simulate(args: argparse.Namespace, overrides: list[str]) -> int:
     from streamloco.simulate import run_and_report
 
     cfg = _load(args, overrides)
+    if cfg.stages.steps:
+        raise ValueError("stages.steps: multistage runs go through `streamloco train` (Ray)")
     run_dir = Path(cfg.run.out_dir) / cfg.run.name
     check_job_run_dir(run_dir)
     shown = run_dir.absolute()  # a relative path means nothing once the console is elsewhere
@@ -61,20 +63,37 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
         run_dir = Path(cfg.run.out_dir) / cfg.run.name
         check_job_run_dir(run_dir)
         ckpts = run_dir / "checkpoints"
-        if cfg.run.on_existing == "resume" and ckpts.is_dir() and any(ckpts.iterdir()):
+        staged = cfg.stages.steps and any(run_dir.glob("stage-*"))
+        if cfg.run.on_existing == "resume" and (
+            staged or (ckpts.is_dir() and any(ckpts.iterdir()))
+        ):
             args.resume = run_dir  # a resubmitted job: continue where the last driver stopped
     m, k = cfg.train.groups, cfg.cluster.ranks_per_group
     shown = run_dir.absolute()  # a relative path means nothing once the console is elsewhere
     print(f"streamloco train: {m} groups x {k} ranks on Ray, run dir {shown}", flush=True)
     warn_if_token_readable()  # a token others can read gives them the cluster
     try:
-        result = train(
-            cfg,
-            run_dir,
-            resume=args.resume is not None,
-            progress=not args.no_progress,
-            faults=[Fault.parse(f) for f in args.inject],
-        )
+        if cfg.stages.steps:  # multistage: one run per stage under run_dir/stage-<i>
+            from streamloco.launcher.stages import train_stages
+
+            cfg, result = train_stages(
+                cfg,
+                run_dir,
+                resume=args.resume is not None,
+                progress=not args.no_progress,
+                faults=[Fault.parse(f) for f in args.inject],
+            )
+            if result is None:
+                print(f"streamloco train: every stage of {shown} is done")
+                return 0
+        else:
+            result = train(
+                cfg,
+                run_dir,
+                resume=args.resume is not None,
+                progress=not args.no_progress,
+                faults=[Fault.parse(f) for f in args.inject],
+            )
     except TrainingFailed as e:
         print(f"streamloco: training failed: {e}", file=sys.stderr)
         print(

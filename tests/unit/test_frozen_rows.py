@@ -37,5 +37,5 @@ def test_only_the_new_rows_train(tmp_path, tie):
 
 
 def test_train_rows_from_is_validated():
-    with pytest.raises(ValueError, match="model.train_rows_from"):
+    with pytest.raises(ValueError, match=r"model\.train_rows_from"):
         load_config(None, ["--model.vocab_size=64", "--model.train_rows_from=64"])
