@@ -11,7 +11,9 @@ from streamloco.simulate import run_simulation
 from streamloco.workers.trainer import build_model
 
 
-@pytest.mark.parametrize("tie", [True, False], ids=["tied", "untied"])
+@pytest.mark.parametrize(
+    "tie", [True, pytest.param(False, marks=pytest.mark.slow)], ids=["tied", "untied"]
+)
 def test_only_the_new_rows_train(tmp_path, tie):
     cfg = load_config(
         "configs/smoke.toml",

@@ -213,6 +213,7 @@ def test_sampling_is_seeded(tok):
         sample(model, [1], max_tokens=1, top_p=0)
 
 
+@pytest.mark.slow
 def test_simulate_starts_every_group_from_init_from(tmp_path):
     """A run continued from an exported model starts where the base run ended, on every group."""
     from streamloco.simulate import run_simulation
