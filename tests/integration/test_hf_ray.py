@@ -35,12 +35,18 @@ def test_export_a_ray_run_and_start_another_from_it(local_ray, tmp_path):
         assert torch.equal(state[name], t), name
 
     cont = train(
-        _cfg(tmp_path, "--run.name=cont", f"--model.init_from={out}", "--train.steps=2"),
+        _cfg(
+            tmp_path,
+            "--run.name=cont",
+            f"--model.init_from={out}",
+            "--train.steps=2",
+            "--inner.warmup_steps=0",
+        ),
         tmp_path / "cont",
         progress=False,
     )
     scratch = train(
-        _cfg(tmp_path, "--run.name=scratch", "--train.steps=2"),
+        _cfg(tmp_path, "--run.name=scratch", "--train.steps=2", "--inner.warmup_steps=0"),
         tmp_path / "scratch",
         progress=False,
     )
