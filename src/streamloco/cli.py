@@ -23,6 +23,8 @@ def cmd_simulate(args: argparse.Namespace, overrides: list[str]) -> int:
     from streamloco.simulate import run_and_report
 
     cfg = _load(args, overrides)
+    if cfg.stages.steps:
+        raise ValueError("stages.steps: multistage runs go through `streamloco train` (Ray)")
     run_dir = Path(cfg.run.out_dir) / cfg.run.name
     check_job_run_dir(run_dir)
     shown = run_dir.absolute()  # a relative path means nothing once the console is elsewhere
@@ -61,20 +63,37 @@ def cmd_train(args: argparse.Namespace, overrides: list[str]) -> int:
         run_dir = Path(cfg.run.out_dir) / cfg.run.name
         check_job_run_dir(run_dir)
         ckpts = run_dir / "checkpoints"
-        if cfg.run.on_existing == "resume" and ckpts.is_dir() and any(ckpts.iterdir()):
+        staged = cfg.stages.steps and any(run_dir.glob("stage-*"))
+        if cfg.run.on_existing == "resume" and (
+            staged or (ckpts.is_dir() and any(ckpts.iterdir()))
+        ):
             args.resume = run_dir  # a resubmitted job: continue where the last driver stopped
     m, k = cfg.train.groups, cfg.cluster.ranks_per_group
     shown = run_dir.absolute()  # a relative path means nothing once the console is elsewhere
     print(f"streamloco train: {m} groups x {k} ranks on Ray, run dir {shown}", flush=True)
     warn_if_token_readable()  # a token others can read gives them the cluster
     try:
-        result = train(
-            cfg,
-            run_dir,
-            resume=args.resume is not None,
-            progress=not args.no_progress,
-            faults=[Fault.parse(f) for f in args.inject],
-        )
+        if cfg.stages.steps:  # multistage: one run per stage under run_dir/stage-<i>
+            from streamloco.launcher.stages import train_stages
+
+            cfg, result = train_stages(
+                cfg,
+                run_dir,
+                resume=args.resume is not None,
+                progress=not args.no_progress,
+                faults=[Fault.parse(f) for f in args.inject],
+            )
+            if result is None:
+                print(f"streamloco train: every stage of {shown} is done")
+                return 0
+        else:
+            result = train(
+                cfg,
+                run_dir,
+                resume=args.resume is not None,
+                progress=not args.no_progress,
+                faults=[Fault.parse(f) for f in args.inject],
+            )
     except TrainingFailed as e:
         print(f"streamloco: training failed: {e}", file=sys.stderr)
         print(
@@ -184,6 +203,159 @@ def cmd_tokenizer_report(args: argparse.Namespace, overrides: list[str]) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace, overrides: list[str]) -> int:
+    from streamloco.hf.export import write_export
+    from streamloco.launcher.run_model import load_run_model, run_tokenizer
+
+    if overrides:
+        raise ValueError(f"export takes no config overrides: {' '.join(overrides)}")
+    run = load_run_model(args.run_dir)
+    tok = run_tokenizer(run, args.tokenizer)
+    provenance = {
+        "run_dir": str(Path(args.run_dir).absolute()),
+        "checkpoint": str(run.checkpoint.absolute()),
+        "step": run.step,
+        "tokenizer_sha256": tok.sha256 if tok is not None else "",
+    }
+    out = write_export(args.out_dir, run.args, run.state, tok, provenance, overwrite=args.overwrite)
+    n = sum(
+        t.numel() for k, t in run.state.items() if k != "head.weight" or not run.args.tie_embeddings
+    )
+    print(
+        f"exported {run.checkpoint} (step {run.step}, {n:,} parameters, "
+        f"{'tied' if run.args.tie_embeddings else 'untied'} embeddings) to {out.absolute()}"
+    )
+    if tok is None:
+        print("no tokenizer: the run trained on synthetic tokens")
+    print(f"load it: transformers.AutoModelForCausalLM.from_pretrained({str(out.absolute())!r})")
+    return 0
+
+
+def _load_for_generation(path: Path):
+    """(model, tokenizer) from an export directory or a run directory."""
+    from streamloco.hf.export import read_export
+    from streamloco.workers.model import Transformer
+
+    if (path / "config.json").is_file():
+        margs, state, tok = read_export(path)
+    elif (path / "checkpoints").is_dir():
+        from streamloco.launcher.run_model import load_run_model, run_tokenizer
+
+        run = load_run_model(path)
+        margs, state, tok = run.args, run.state, run_tokenizer(run)
+    else:
+        raise ValueError(f"{path}: neither an export (config.json) nor a run dir (checkpoints/)")
+    if tok is None:
+        raise ValueError(f"{path}: no tokenizer (a run on synthetic tokens has no text to write)")
+    model = Transformer(margs)
+    model.load_state_dict(state)
+    return model, tok
+
+
+def cmd_generate(args: argparse.Namespace, overrides: list[str]) -> int:
+    import torch
+
+    from streamloco.hf.generate import sample
+
+    if overrides:
+        raise ValueError(f"generate takes no config overrides: {' '.join(overrides)}")
+    torch.set_num_threads(args.threads)
+    model, tok = _load_for_generation(args.path)
+    # A document starts after </s> in the training stream (shards are documents + </s>).
+    prompt = [tok.eos_id, *tok.encode(args.prompt)]
+    for i in range(args.samples):
+        new = sample(
+            model,
+            prompt,
+            max_tokens=args.max_tokens,
+            temperature=args.temperature,
+            top_p=args.top_p,
+            seed=args.seed + i,
+            stop=tok.eos_id,
+        )
+        if args.samples > 1:
+            print(f"--- sample {i + 1} (seed {args.seed + i})")
+        print(tok.normalize(args.prompt) + tok.decode(new))
+    return 0
+
+
+def cmd_tokenizer_extend(args: argparse.Namespace, overrides: list[str]) -> int:
+    from streamloco.data_pipeline.pipeline import CorpusReader, tokenizer_model_path
+    from streamloco.tokenizer.extend import extend_tokenizer
+    from streamloco.tokenizer.model import Tokenizer
+    from streamloco.tokenizer.report import fertility_report
+
+    cfg = _load(args, overrides)
+    langs = sorted({x.strip() for x in args.langs.split(",") if x.strip()})
+    if not langs:
+        raise ValueError("--langs: give the new languages, e.g. --langs nah,oto,mix")
+    base = Tokenizer.load(tokenizer_model_path(cfg))
+    train_docs = [d for d in CorpusReader(cfg, "train")() if d.lang in langs]
+    missing = sorted(set(langs) - {d.lang for d in train_docs})
+    if missing:
+        raise ValueError(f"--langs: no training documents in corpus.inputs for {missing}")
+    ext, added = extend_tokenizer(
+        base, train_docs, args.out, args.new_vocab, args.max_new or args.new_vocab
+    )
+    print(
+        f"wrote {ext.path}: {base.vocab_size} base pieces (ids unchanged) + {added} new "
+        f"= {ext.vocab_size}; trained on {', '.join(langs)}"
+    )
+    held_out = list(CorpusReader(cfg, "validation")())
+    before = {r["lang"]: r for r in fertility_report(base, held_out, args.reference)}
+    after = {r["lang"]: r for r in fertility_report(ext, held_out, args.reference)}
+    print("\nheld-out (validation split) tokens/char and parity, before -> after:")
+    print("| lang | docs | tokens/char before | after | parity before | after |")
+    print("|---|---:|---:|---:|---:|---:|")
+    for lang, b in before.items():
+        a = after[lang]
+        pb = "-" if b["parity"] is None else f"{b['parity']:.2f}"
+        pa = "-" if a["parity"] is None else f"{a['parity']:.2f}"
+        print(
+            f"| {lang}{' (new)' if lang in langs else ''} | {b['documents']} | "
+            f"{b['tokens_per_char']:.3f} | {a['tokens_per_char']:.3f} | {pb} | {pa} |"
+        )
+    if args.base_model is not None:
+        _extend_model(args, base, ext, [d for d in held_out if d.lang in langs], langs)
+    return 0
+
+
+def _extend_model(args, base, ext, held_out, langs) -> None:
+    """Resize the base model's embeddings for `ext`, compare the inits, write the chosen one."""
+    from streamloco.hf.embeddings import INIT_MODES, extend_embeddings, text_loss
+    from streamloco.hf.export import read_export, write_export
+    from streamloco.hf.init import check_vocabulary
+    from streamloco.workers.model import Transformer
+
+    margs, state, tok = read_export(args.base_model)
+    if tok is not None:
+        check_vocabulary(tok, base, str(args.base_model))
+    if args.model_out is None:
+        raise ValueError("--base-model needs --model-out DIR (where the resized model goes)")
+    print(f"\ninitial loss on held-out {', '.join(langs)} text (extended tokenizer):")
+    print("| new rows | " + " | ".join(langs) + " |")
+    print("|---|" + "---:|" * len(langs))
+    chosen = None
+    for mode in INIT_MODES:
+        new_args, new_state = extend_embeddings(state, margs, base, ext, mode, seed=args.seed)
+        model = Transformer(new_args)
+        model.load_state_dict(new_state)
+        losses = [
+            text_loss(model, ext, [d for d in held_out if d.lang == lang])[0] for lang in langs
+        ]
+        print(f"| {mode} | " + " | ".join(f"{x:.3f}" for x in losses) + " |")
+        if mode == args.init:
+            chosen = (new_args, new_state)
+    assert chosen is not None
+    prov = {"extended_from": str(args.base_model), "init": args.init, "base_sha256": base.sha256}
+    out = write_export(args.model_out, chosen[0], chosen[1], ext, prov)
+    print(
+        f"wrote {out} ({args.init} init, vocab {chosen[0].vocab_size}); train from it with "
+        f"--model.init_from={out} --model.vocab_size={chosen[0].vocab_size} "
+        f"--tokenizer.path={str(ext.path)[: -len('.model')]}"
+    )
+
+
 def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> int:
     import datetime as dt
     import shlex
@@ -278,6 +450,37 @@ def build_parser() -> argparse.ArgumentParser:
         help="rebuild results.md and the plots from DIR/results.json",
     )
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
+    p = add(
+        "export",
+        cmd_export,
+        "write the global model of a run's newest valid checkpoint in the Hugging Face Llama "
+        "layout (safetensors, config.json, tokenizer)",
+        config=False,
+    )
+    p.add_argument("run_dir", type=Path, help="run directory (holds checkpoints/)")
+    p.add_argument("out_dir", type=Path, help="new directory to write")
+    p.add_argument(
+        "--tokenizer",
+        type=Path,
+        default=None,
+        metavar="MODEL",
+        help="the run's tokenizer .model if not at its configured tokenizer.path",
+    )
+    p.add_argument("--overwrite", action="store_true", help="replace out_dir if it exists")
+    p = add(
+        "generate",
+        cmd_generate,
+        "sample text from a run directory or an export",
+        config=False,
+    )
+    p.add_argument("path", type=Path, help="run directory or export directory")
+    p.add_argument("--prompt", default="", help="text to continue")
+    p.add_argument("--temperature", type=float, default=0.8, help="0 = greedy")
+    p.add_argument("--top-p", type=float, default=0.95, help="nucleus sampling mass")
+    p.add_argument("--max-tokens", type=int, default=100, help="new tokens at most")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed")
+    p.add_argument("--samples", type=int, default=1, help="samples (seeds seed, seed+1, ...)")
+    p.add_argument("--threads", type=int, default=1, help="torch CPU threads")
     p = add("config", cmd_config, "print the resolved config as TOML")
     p.add_argument("--explain", action="store_true", help="list every key with its doc")
     add("fragments", cmd_fragments, "show how the model is cut into fragments")
@@ -309,6 +512,22 @@ def build_parser() -> argparse.ArgumentParser:
         tok,
     )
     p.add_argument("--reference", default="spa", help="language parity is measured against")
+    p = add(
+        "extend",
+        cmd_tokenizer_extend,
+        "add pieces for new languages to the trained tokenizer (tokenizer.path), keeping every "
+        "base id; report fertility before and after on the validation split",
+        tok,
+    )
+    p.add_argument("--langs", required=True, help="comma-separated new language codes")
+    p.add_argument("--out", type=Path, required=True, help="prefix of the extended tokenizer")
+    p.add_argument("--new-vocab", type=int, default=2000, help="pieces trained on the new text")
+    p.add_argument("--max-new", type=int, default=0, help="add at most this many (0: all new)")
+    p.add_argument("--reference", default="spa", help="language parity is measured against")
+    p.add_argument("--base-model", type=Path, default=None, help="export dir to resize")
+    p.add_argument("--model-out", type=Path, default=None, help="where the resized model goes")
+    p.add_argument("--init", choices=["mean", "random"], default="mean", help="new rows' init")
+    p.add_argument("--seed", type=int, default=0, help="seed of the random init")
     return parser
 
 

@@ -48,6 +48,17 @@ class ModelConfig:
     vocab_size: int = _f(64, "vocabulary size (the tokenizer's, or the synthetic task's)")
     seq_len: int = _f(64, "training context length in tokens")
     tie_embeddings: bool = _f(True, "share the input embedding and output head weights")
+    init_from: str = _f(
+        "",
+        "start from this model directory in the Hugging Face Llama layout on local disk "
+        "(`streamloco export` writes one) instead of random weights; its shape must be "
+        "model.size's, its vocabulary model.vocab_size ('' = random init)",
+    )
+    train_rows_from: int = _f(
+        0,
+        "train only the embedding (and untied output) rows from this id on, everything else "
+        "frozen bit-exactly: the first id an extended tokenizer added (0 = train everything)",
+    )
 
 
 @dataclass
@@ -241,6 +252,26 @@ class RunConfig:
 
 
 @dataclass
+class StagesConfig:
+    steps: list[int] = _f(  # noqa: RUF009 (_f copies list defaults via default_factory)
+        [],
+        "multistage continual pretraining (`train`): inner steps of each stage, in order; each "
+        "stage starts from the previous one's global model (empty = one stage, train.steps)",
+    )
+    lr: list[float] = _f(  # noqa: RUF009
+        [], "inner.lr of each stage (empty = inner.lr in every stage)"
+    )
+    warmup_steps: list[int] = _f(  # noqa: RUF009 (_f copies list defaults via default_factory)
+        [], "inner.warmup_steps of each stage (empty = inner.warmup_steps, at most its steps)"
+    )
+    train_rows_from: list[int] = _f(  # noqa: RUF009 (_f copies list defaults via default_factory)
+        [],
+        "model.train_rows_from of each stage, e.g. [4000, 0]: first only the rows from id 4000 "
+        "on, then everything (empty = model.train_rows_from in every stage)",
+    )
+
+
+@dataclass
 class Config:
     model: ModelConfig = field(default_factory=ModelConfig)
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
@@ -252,6 +283,7 @@ class Config:
     transport: TransportConfig = field(default_factory=TransportConfig)
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
     run: RunConfig = field(default_factory=RunConfig)
+    stages: StagesConfig = field(default_factory=StagesConfig)
 
     def to_dict(self) -> dict[str, dict[str, Any]]:
         return dataclasses.asdict(self)
@@ -441,6 +473,11 @@ def validate(cfg: Config) -> None:
     _check(m.size in MODEL_SIZES, "model.size", f"{m.size!r} is not one of {sorted(MODEL_SIZES)}")
     _check(m.vocab_size >= 2, "model.vocab_size", "must be >= 2")
     _check(m.seq_len >= 2, "model.seq_len", "must be >= 2")
+    _check(
+        0 <= m.train_rows_from < m.vocab_size,
+        "model.train_rows_from",
+        f"must be in [0, model.vocab_size={m.vocab_size}), got {m.train_rows_from}",
+    )
     _check(cfg.data.branching >= 1, "data.branching", "must be >= 1")
     _check(0 < cfg.data.validation_fraction < 1, "data.validation_fraction", "must be in (0, 1)")
     _check(cfg.data.shard_tokens >= 1024, "data.shard_tokens", "must be >= 1024")
@@ -526,8 +563,51 @@ def validate(cfg: Config) -> None:
         f"must be in [1, train.groups={t.groups}], got {t.min_groups}",
     )
     _check(t.max_replacements >= 0, "train.max_replacements", "must be >= 0")
+    _validate_stages(cfg)
     _check(
         bool(cfg.run.name) and "/" not in cfg.run.name and cfg.run.name not in (".", ".."),
         "run.name",
         f"must be a plain directory name, got {cfg.run.name!r}",
     )
+
+
+def _validate_stages(cfg: Config) -> None:
+    st = cfg.stages
+    n = len(st.steps)
+    for key in ("lr", "warmup_steps", "train_rows_from"):
+        given = len(getattr(st, key))
+        _check(
+            given in (0, n),
+            f"stages.{key}",
+            f"has {given} entries for {n} stages (stages.steps): give one per stage or none",
+        )
+    for i, steps in enumerate(st.steps):
+        _check(steps >= 1, f"stages.steps[{i}]", f"must be >= 1, got {steps}")
+        if st.lr:
+            _check(st.lr[i] > 0, f"stages.lr[{i}]", f"must be > 0, got {st.lr[i]}")
+        if st.warmup_steps:
+            w = st.warmup_steps[i]
+            _check(0 <= w <= steps, f"stages.warmup_steps[{i}]", f"must be in [0, {steps}]")
+        if st.train_rows_from:
+            r = st.train_rows_from[i]
+            _check(
+                0 <= r < cfg.model.vocab_size,
+                f"stages.train_rows_from[{i}]",
+                f"must be in [0, model.vocab_size={cfg.model.vocab_size}), got {r}",
+            )
+
+
+def stage_config(cfg: Config, i: int, init_from: str) -> Config:
+    """The plain run config of stage `i` (no stages), starting from the model at `init_from`."""
+    st = cfg.stages
+    steps = st.steps[i]
+    data = cfg.to_dict()
+    data["train"]["steps"] = steps
+    data["inner"]["lr"] = st.lr[i] if st.lr else cfg.inner.lr
+    warmup = st.warmup_steps[i] if st.warmup_steps else min(cfg.inner.warmup_steps, steps)
+    data["inner"]["warmup_steps"] = warmup
+    rows = st.train_rows_from[i] if st.train_rows_from else cfg.model.train_rows_from
+    data["model"]["train_rows_from"] = rows
+    data["model"]["init_from"] = init_from
+    data["stages"] = {}
+    return from_dict(data)

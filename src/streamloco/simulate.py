@@ -48,6 +48,12 @@ def run_simulation(
         Trainer(cfg, Placement(g), hub.transport(g), device=torch.device("cpu"), data=data)
         for g in range(m)
     ]
+    if cfg.model.init_from:  # every group starts from the given model, not a random init
+        from streamloco.hf.init import load_init_state  # needs the `hf` extra (safetensors)
+
+        init = load_init_state(cfg)
+        for trainer in trainers:
+            trainer.load_initial(init)
     errors: list[BaseException] = []
 
     def group_main(g: int) -> None:

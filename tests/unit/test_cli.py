@@ -21,7 +21,7 @@ def test_help_lists_only_working_subcommands(capsys):
     assert e.value.code == 0
     out = capsys.readouterr().out
     # exactly the subcommands that work today
-    assert "{simulate,train,bench,config,fragments,data,tokenizer}" in out
+    assert "{simulate,train,bench,export,generate,config,fragments,data,tokenizer}" in out
 
 
 def test_simulate_writes_tensorboard_events_and_prints_a_summary(tmp_path, capsys):

@@ -65,6 +65,12 @@ def train(
         check_resumable(cfg, meta, path)
         print(f"streamloco train: resuming from {path} (step {state['step']})", flush=True)
     start = int(state["step"]) if state else 0
+    # Read here, before any actor starts: a bad directory fails fast, and only the driver needs it.
+    init = None
+    if cfg.model.init_from and state is None:
+        from streamloco.hf.init import load_init_state  # needs the `hf` extra (safetensors)
+
+        init = load_init_state(cfg)
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "config.toml").write_text(cfg.to_toml(), encoding="utf-8")
 
@@ -76,6 +82,9 @@ def train(
         groups.start(cfg, f"{cfg.run.name}-{uuid.uuid4().hex[:8]}")
         if state is not None:
             restore(groups, state)
+        elif init is not None:  # every replica starts from the given model
+            ref = ray.put(init)
+            ray.get([a.load_initial.remote(ref) for a in groups.all()])
         elif len(groups.all()) > 1:  # every replica starts from group 0's initialization
             init = groups.actors[0][0].model_state.remote()
             ray.get([a.load_initial.remote(init) for a in groups.all()[1:]])

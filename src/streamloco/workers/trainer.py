@@ -33,6 +33,7 @@ from streamloco.outer_optim.engine import (
 from streamloco.outer_optim.transport import DrillTransport, Transport
 from streamloco.records import ChunkReport, EvalRecord, GroupTotals, RoundRecord, SendRecord
 from streamloco.workers.data_source import DataSource, build_data_source
+from streamloco.workers.frozen import FrozenRows
 from streamloco.workers.inner import build_inner_optimizer
 from streamloco.workers.model import (
     Transformer,
@@ -136,6 +137,8 @@ class Trainer:
             else contextlib.nullcontext
         )
         self.opt, self.sched = build_inner_optimizer(self.model, cfg.inner, cfg.train.steps)
+        rows = cfg.model.train_rows_from
+        self.frozen = FrozenRows(self.model, rows) if rows else None
         self.transport = DrillTransport(transport)  # drills (`inject`) damage payloads here
         self.engine = self._new_engine()
         self.data = data or build_data_source(cfg)
@@ -168,12 +171,18 @@ class Trainer:
             if self.step_delay_s:
                 time.sleep(self.step_delay_s)
             rep.lrs.append(self.sched.get_last_lr()[0])
-            self._record(self.engine.step(), rep)
+            events = self.engine.step()
+            if self.frozen is not None and events:  # a merge may have moved frozen values
+                self.frozen.restore()
+            self._record(events, rep)
             every = cfg.train.eval_every
             if self.evaluator and every and self.step % every == 0:
                 rep.evals.append(self.eval_record())
         if self.step == cfg.train.steps and not self.finished:
-            self._record(self.engine.finish(), rep)
+            events = self.engine.finish()
+            if self.frozen is not None:
+                self.frozen.restore()
+            self._record(events, rep)
             if self.evaluator and not (rep.evals and rep.evals[-1].step == self.step):
                 rep.evals.append(self.eval_record())
             self.finished = True
@@ -190,9 +199,13 @@ class Trainer:
         loss = lm_loss(logits, batch[:, 1:])
         self.opt.zero_grad(set_to_none=True)
         loss.backward()
+        if self.frozen is not None:
+            self.frozen.mask_grads()
         if self.cfg.inner.grad_clip > 0:
             torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.inner.grad_clip)
         self.opt.step()
+        if self.frozen is not None:
+            self.frozen.restore()
         self.sched.step()
         return loss.item()
 
