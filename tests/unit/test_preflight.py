@@ -84,7 +84,11 @@ def test_preflight_refuses_a_relative_run_dir_inside_a_job(in_job):
         preflight(cfg, Path("runs") / cfg.run.name, resume=False)
 
 
-def test_a_missing_relative_data_dir_inside_a_job_says_the_upload_leaves_data_out(in_job, tmp_path):
+def test_a_missing_relative_data_dir_inside_a_job_says_the_upload_leaves_data_out(
+    in_job, tmp_path, monkeypatch
+):
+    # relative to a fresh directory: a checkout where `make data` ran has data/shards
+    monkeypatch.chdir(tmp_path)
     cfg = load_config(SMOKE, ["--data.source=shards", "--data.dir=data/shards"])
     with pytest.raises(LaunchError) as e:
         preflight(cfg, tmp_path / "smoke", resume=False)
