@@ -25,7 +25,7 @@ MAY_IMPORT: dict[str, frozenset[str]] = {
     "config": BASE | {"outer_optim"},
     "tokenizer": BASE | {"config"},
     "data_pipeline": BASE | {"config", "tokenizer"},
-    "workers": BASE | {"config", "outer_optim", "data_pipeline"},
+    "workers": BASE | {"config", "outer_optim", "tokenizer", "data_pipeline"},
     "hf": BASE | {"config", "tokenizer", "workers"},
     "results": BASE | {"config", "outer_optim", "workers", "data_pipeline"},
     "simulate": BASE | {"config", "outer_optim", "workers", "data_pipeline", "results", "hf"},
