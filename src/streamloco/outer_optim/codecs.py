@@ -1,4 +1,5 @@
-"""Wire codecs for pseudo-gradients: fp32, bf16, int8, int4 and e3m0 (the paper's 4-bit float).
+"""Wire codecs for pseudo-gradients: fp32, bf16, int8, int4 and e3m0 (the paper's 4-bit float);
+the sparse top-k codec (codec id 6) lives in sparse.py and shares this envelope.
 
 A codec turns a floating tensor (fp32/bf16/fp16/fp64, any shape, 0-d and empty included, CPU or
 CUDA) into a self-describing `bytes` payload and back into a new fp32 CPU tensor of the same shape.
@@ -241,7 +242,9 @@ class Codec:
             raise ValueError(f"shape: expected a sequence of ints, got {shape!r}") from err
         if len(shape) > MAX_NDIM or any(d < 0 for d in shape):
             raise ValueError(f"shape: expected at most {MAX_NDIM} non-negative ints, got {shape}")
-        return header_size(len(shape)) + body_size(self.name, math.prod(shape), self.block_size)
+        return header_size(len(shape)) + body_size(
+            self.name, math.prod(shape), self.wire_block_size
+        )
 
     def error_bound(self, x: torch.Tensor) -> torch.Tensor:
         """Elementwise worst-case |decode(encode(x)) - x| (fp32, shape of x), module formulas."""
@@ -552,11 +555,17 @@ class E3M0Codec(_BlockCodec):
 _CODECS: dict[str, type[Codec]] = {
     c.name: c for c in (Fp32Codec, Bf16Codec, Int8Codec, Int4Codec, E3M0Codec)
 }
-assert tuple(_CODECS) == CODEC_NAMES
 
 
-def make_codec(name: str, block_size: int = 256, zstd_level: int = 0) -> Codec:
-    """The codec `name` (one of CODEC_NAMES); ValueError naming the bad argument."""
+def make_codec(name: str, block_size: int = 256, zstd_level: int = 0, topk: int = 0) -> Codec:
+    """The codec `name` (one of CODEC_NAMES); ValueError naming the bad argument.
+
+    `topk`: values kept per block of the sparse codec (0 = its default); other codecs ignore it.
+    """
+    if name == "sparse":  # sparse.py builds on this module: imported here, not at the top
+        from streamloco.outer_optim.sparse import SparseCodec
+
+        return SparseCodec(block_size, zstd_level, topk)
     cls = _CODECS.get(name)
     if cls is None:
         raise OptionError("codec", f"{name!r} is not one of {', '.join(CODEC_NAMES)}")
@@ -568,7 +577,12 @@ def decode_any(
 ) -> torch.Tensor:
     """Decode any valid payload into a new fp32 CPU tensor; the codec is read from the header."""
     header, raw = open_payload(payload, max_numel)
-    codec = _CODECS[header.codec](header.block_size or 256)
+    if header.codec == "sparse":
+        from streamloco.outer_optim.sparse import SparseCodec
+
+        codec: Codec = SparseCodec.from_wire(header.block_size)
+    else:
+        codec = _CODECS[header.codec](header.block_size or 256)
     return codec._decode_body(raw, header.numel).view(header.shape)
 
 
