@@ -45,7 +45,7 @@ def expected_size(name: str, shape: tuple[int, ...], block: int) -> int:
 
 def sparse_body_size(n: int, chunk: int, k: int) -> int:
     """The sparse codec's documented body size (sparse.py), written out chunk by chunk."""
-    r = int(math.floor(math.log2(chunk // k)))
+    r = math.floor(math.log2(chunk // k))
     levels = codes = rem = unary = 0
     for start in range(0, n, chunk):
         length = min(chunk, n - start)
