@@ -104,7 +104,7 @@ class StreamingEngine:
         self.comm = comm or SoloComm()
         self.schedule = Schedule.of(options)
         self.codec: Codec = make_codec(
-            options.codec, options.block_size, options.zstd_level, options.topk
+            options.codec, options.block_size, options.zstd_level, options.topk, options.rounding
         )
         self.outer = OuterSGD(options.lr, options.momentum, options.nesterov)
         named = dict(model.named_parameters())
@@ -178,12 +178,20 @@ class StreamingEngine:
         elif self.options.error_feedback:
             payload, sent = self._send_with_error_feedback(p, own)
         else:
-            payload, sent = self.codec.encode(own), own
+            payload, sent = self.codec.encode(own, seed=self._seed(p)), own
         handle = self.transport.exchange((p, self.step_count), payload)
         # keep the encoded values for the error metric; a view of delta would pin all of delta
         keep = sent.clone() if sent is own and own is not delta else sent
         self.in_flight[p] = _InFlight(self.step_count, handle, keep)
         return SyncEvent("send", p, self.step_count, len(payload), norm, abstained=abstain)
+
+    def _seed(self, p: int) -> int:
+        """The stochastic-rounding seed of this send: a function of where it is in the run
+        (step, fragment, group, rank), so a resumed run draws what the uninterrupted one did.
+        Groups draw differently (their rounding errors average out); the globals stay
+        bit-identical either way, since every group decodes the same bytes."""
+        group, rank = self.transport.group, self.comm.rank
+        return (((self.step_count * 4099 + p) * 65537 + group) * 257 + rank) % (1 << 63)
 
     def _send_with_error_feedback(self, p: int, own: torch.Tensor) -> tuple[bytes, torch.Tensor]:
         """acc = decay * error + delta; send codec(acc); error = acc - decode(payload).
@@ -195,7 +203,7 @@ class StreamingEngine:
             acc = own.clone()
         else:
             acc.mul_(self.options.error_decay).add_(own)
-        payload = self.codec.encode(acc)
+        payload = self.codec.encode(acc, seed=self._seed(p))
         sent = acc.clone()  # for the quantization-error metric (what this payload encodes)
         acc.sub_(self.codec.decode(payload, max_numel=acc.numel()).to(self.state_device))
         self.error[p] = acc

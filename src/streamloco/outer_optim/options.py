@@ -22,6 +22,7 @@ class OuterOptions(Protocol):
     block_size: int
     zstd_level: int
     topk: int
+    rounding: str
     error_feedback: bool
     error_decay: float
     pattern: str

@@ -150,7 +150,7 @@ class SparseCodec(Codec):
         pos = keep.nonzero()  # (m*k, 2), row-major: increasing position in each chunk
         return (pos[:, 0] + first) * c + pos[:, 1]
 
-    def _encode_body(self, flat: torch.Tensor) -> torch.Tensor:
+    def _encode_body(self, flat: torch.Tensor, seed: int = 0) -> torch.Tensor:
         n, c, k = flat.numel(), self.block_size, self.topk
         nc, kept, r, unary = sparse_layout(n, c, k)
         pos, vals, chunk = self._select(flat)
