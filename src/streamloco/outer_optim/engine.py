@@ -18,6 +18,13 @@ group leaves out the same ones and the globals stay identical. A group whose own
 the mean (it abstained, sent something invalid, or the transport closed the round without it)
 adopts the global fragment (local = global, whatever alpha) instead of merging.
 
+Error feedback (`error_feedback`, SparseLoCo/DeMo): per fragment, each group keeps what its
+payloads have not carried yet. send: acc = error_decay * acc + delta; payload = codec(acc);
+acc -= decode(payload). It is per-group state (`group_state_dict`), reset to zero when the group
+abstains, adopts the global fragment, or is a replacement seeded by live recovery
+(docs/engine.md has the rules). Stochastic rounding draws are seeded by (step, fragment, group,
+rank), so resumed runs send the same bytes.
+
 Hierarchical sync (a group of K ranks, see comm.py): every rank holds the full global copy and
 its group's full local parameters (DDP keeps them equal), but sends, reduces and outer-steps only
 its own shard of each fragment (whole codec blocks, so results are bit-identical for any K); the
