@@ -574,6 +574,7 @@ def test_group_state_without_residuals_is_refused_when_error_feedback_is_on():
         ("--outer.error_decay=1.5", "outer.error_decay"),
         ("--outer.topk=200", "outer.topk"),
         ("--outer.block_size=70000", "outer.block_size"),
+        ("--outer.rounding='stochastic'", "outer.rounding"),  # e3m0 only
     ],
 )
 def test_sparse_and_error_feedback_options_are_validated_naming_the_key(flag, key):
