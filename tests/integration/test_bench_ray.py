@@ -12,6 +12,7 @@ from streamloco.bench.spec import load_bench
 
 
 @pytest.mark.ray
+@pytest.mark.timeout(900)  # eight short trainings on Ray (ddp, diloco, streaming, sparse + util.)
 def test_bench_end_to_end_on_ray(local_ray, tmp_path, capsys):
     from streamloco.bench.run import run_bench
 
