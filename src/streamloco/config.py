@@ -185,6 +185,22 @@ class OuterConfig:
     codec: str = _f("e3m0", f"wire format of pseudo-gradients: one of {', '.join(CODEC_NAMES)}")
     block_size: int = _f(128, "elements per quantization block (one fp32 scale each)")
     zstd_level: int = _f(0, "zstd level applied on top of the codec (0 = off, 1..22)")
+    rounding: Literal["nearest", "stochastic"] = _f(
+        "nearest",
+        "e3m0: round to the nearest level (shrinks pseudo-gradients ~3 % on average) or "
+        "stochastically (unbiased; seeded by step, fragment and group, so resumes are exact)",
+    )
+    topk: int = _f(
+        0, "sparse codec: values kept per block of outer.block_size (0 = block_size/64, >= 1)"
+    )
+    error_feedback: bool = _f(
+        False,
+        "carry what the codec did not send (accumulated delta - decoded payload) into the "
+        "fragment's next send; per-group state, checkpointed (SparseLoCo, DeMo)",
+    )
+    error_decay: float = _f(
+        1.0, "error feedback: accumulator <- error_decay * accumulator + delta before each send"
+    )
     pattern: Literal["strided", "sequential"] = _f(
         "strided", "block -> fragment map: strided (i mod F, the paper's) or sequential"
     )
@@ -462,7 +478,7 @@ def _check_outer_options(o: OuterConfig) -> None:
     their own classes; building them here is how config checks them, naming the key."""
     try:
         Schedule.of(o)
-        make_codec(o.codec, o.block_size, o.zstd_level)
+        make_codec(o.codec, o.block_size, o.zstd_level, o.topk, o.rounding)
     except OptionError as e:
         raise ValueError(f"outer.{e.option}: {e.why}") from None
 
@@ -553,6 +569,9 @@ def validate(cfg: Config) -> None:
     _check(0.0 <= o.alpha <= 1.0, "outer.alpha", f"must be in [0, 1], got {o.alpha}")
     _check(o.lr > 0, "outer.lr", "must be > 0")
     _check(0.0 <= o.momentum < 1.0, "outer.momentum", f"must be in [0, 1), got {o.momentum}")
+    _check(
+        0.0 < o.error_decay <= 1.0, "outer.error_decay", f"must be in (0, 1], got {o.error_decay}"
+    )
     _check(tr.bandwidth_mbps >= 0, "transport.bandwidth_mbps", "must be >= 0 (0 = unlimited)")
     _check(tr.latency_ms >= 0, "transport.latency_ms", "must be >= 0")
     _check(tr.timeout_s > 0, "transport.timeout_s", "must be > 0")

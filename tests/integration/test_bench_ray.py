@@ -12,6 +12,7 @@ from streamloco.bench.spec import load_bench
 
 
 @pytest.mark.ray
+@pytest.mark.timeout(900)  # eight short trainings on Ray (ddp, diloco, streaming, sparse + util.)
 def test_bench_end_to_end_on_ray(local_ray, tmp_path, capsys):
     from streamloco.bench.run import run_bench
 
@@ -31,6 +32,10 @@ dp_steps = 3
 cpus = 2.0
 max_gap = {{ "2" = 0.05 }}
 min_ratio_vs_bf16 = 10.0
+sparse_sync_every = [10]
+sparse_block_size = 256
+sparse_topk = 8
+min_ratio_sparse_vs_bf16 = 50.0
 
 [train]
 steps = 20
@@ -52,6 +57,8 @@ log_every = 5
         "m2-diloco-h10",
         "m2-streaming-h10",
         "m2-streaming-h10-zstd",
+        "m2-sparse-h10",
+        "m2-sparse-h10-zstd",
     ]
     ddp = runs["ddp"]
     assert ddp["bytes_per_group"] is None and ddp["baseline_for"] == [2]
@@ -77,7 +84,14 @@ log_every = 5
     # 4-bit payloads: several times fewer bytes than fp32 DiLoCo at the same H
     diloco = runs["m2-diloco-h10"]["bytes_per_group"]
     assert runs["m2-streaming-h10"]["bytes_per_group"] < diloco / 4
-    assert {t["what"].split(" at ")[0] for t in saved["targets"]} >= {"Streaming H=10 4-bit"}
+    assert {t["what"].split(" at ")[0] for t in saved["targets"]} >= {
+        "Streaming H=10 4-bit",
+        "Sparse H=10 top-8/256 2-bit + EF",
+    }
+    # 8 of 256 kept: several times fewer bytes than the 4-bit streaming run at the same H
+    sparse = runs["m2-sparse-h10"]
+    assert sparse["codec"] == "sparse" and sparse["method"] == "sparse"
+    assert sparse["bytes_per_group"] < runs["m2-streaming-h10"]["bytes_per_group"] / 4
 
     util = saved["utilization"]["rows"]
     assert [r["variant"] for r in util] == ["DP", "DiLoCo", "Streaming", "+ overlap", "+ 4-bit"]
@@ -94,7 +108,7 @@ log_every = 5
     bench.utilization = bench.extrapolate = False
     again = run_bench(bench, cfg, base, out, preset="test", command="test", progress=False)
     said = capsys.readouterr().out
-    assert said.count("reusing") == 3 and "utilization" not in said
+    assert said.count("reusing") == 4 and "utilization" not in said
     assert [r["final_eval_loss"] for r in again["runs"]] == [
         r["final_eval_loss"] for r in saved["runs"]
     ]

@@ -27,7 +27,7 @@ def test_every_preset_plans_runs_at_equal_tokens(path, repo_root, tmp_path):
     bench, cfg, base = load_bench(path)
     specs = plan_runs(bench, cfg)
     cfgs = {s.id: run_config(base, bench, s.id, s.changes, tmp_path) for s in specs}
-    assert {s.method for s in specs} == {"ddp", "diloco", "streaming"}
+    assert {s.method for s in specs} == {"ddp", "diloco", "streaming", "sparse"}
     for spec in specs:
         c = cfgs[spec.id]
         # equal tokens: the same steps and the same sequences per step over all groups
@@ -40,9 +40,18 @@ def test_every_preset_plans_runs_at_equal_tokens(path, repo_root, tmp_path):
             assert not c.outer.enabled and c.train.groups == 1
         elif spec.method == "diloco":
             assert (c.outer.fragments, c.outer.overlap, c.outer.codec) == (1, 0, "fp32")
+        elif spec.method == "sparse":  # the streaming schedule, sparse payloads, residuals
+            assert c.outer.fragments >= 2 and c.outer.overlap == bench.overlap
+            assert (c.outer.codec, c.outer.block_size, c.outer.topk) == (
+                "sparse",
+                bench.sparse_block_size,
+                bench.sparse_topk,
+            )
+            assert c.outer.error_feedback and c.outer.alpha == bench.sparse_alpha
         else:
             assert c.outer.fragments >= 2 and c.outer.overlap == bench.overlap
             assert c.outer.codec == "e3m0" and spec.without_zstd is not None
+            assert not c.outer.error_feedback
     assert {s.groups for s in specs if s.method != "ddp"} == set(bench.groups)
 
 
@@ -59,6 +68,8 @@ def test_bench_config_errors_name_the_key(repo_root, tmp_path):
         "[bench]\ngroups = [1]\n": "bench.groups",
         "[bench]\nbase = 'nope.toml'\n": "bench.base: training config nope.toml does not exist",
         "[bench]\n[train]\nsteps = -1\n": "train.steps",
+        "[bench]\nsparse_topk = 0\n": "bench.sparse_topk",
+        "[bench]\nsparse_error_decay = 0\n": "bench.sparse_error_decay",
     }
     for text, message in cases.items():
         with pytest.raises(ValueError, match=message.replace(".", r"\.")):
@@ -68,6 +79,11 @@ def test_bench_config_errors_name_the_key(repo_root, tmp_path):
     bench, cfg, _ = load_bench(bench_file("[bench]\nstreaming_sync_every = [31]\n"))
     with pytest.raises(ValueError, match="H=31 is not a multiple of F=2"):
         plan_runs(bench, cfg)
+    bench, cfg, _ = load_bench(bench_file("[bench]\nsparse_sync_every = [33]\n"))
+    with pytest.raises(ValueError, match="H=33 is not a multiple of F=2"):
+        plan_runs(bench, cfg)
+    bench, cfg, _ = load_bench(bench_file("[bench]\nsparse = false\n"))
+    assert "sparse" not in {s.method for s in plan_runs(bench, cfg)}
 
 
 def test_bench_command_line_errors(repo_root, tmp_path, capsys):

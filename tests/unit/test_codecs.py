@@ -21,7 +21,7 @@ from streamloco.outer_optim.codecs import (
     peek_header,
 )
 
-CODEC_ID = {"fp32": 1, "bf16": 2, "int8": 3, "int4": 4, "e3m0": 5}
+CODEC_ID = {"fp32": 1, "bf16": 2, "int8": 3, "int4": 4, "e3m0": 5, "sparse": 6}
 SHAPES = [(), (0,), (1,), (7,), (1000,), (33, 65), (3, 4, 5)]
 DTYPES = [torch.float32, torch.bfloat16, torch.float16]
 TOL = 1e-30  # absolute slack only; error_bound already includes the relative fp32 slack
@@ -31,6 +31,8 @@ def expected_size(name: str, shape: tuple[int, ...], block: int) -> int:
     """The documented size formula, written out independently of the implementation."""
     n = math.prod(shape)
     nb = -(-n // block)
+    if name == "sparse":  # default k = block // 64, at least 1; see test_sparse.py
+        return 25 + 8 * len(shape) + sparse_body_size(n, block, max(1, block // 64))
     body = {
         "fp32": 4 * n,
         "bf16": 2 * n,
@@ -39,6 +41,20 @@ def expected_size(name: str, shape: tuple[int, ...], block: int) -> int:
         "e3m0": 4 * nb + (n + 1) // 2,
     }[name]
     return 25 + 8 * len(shape) + body
+
+
+def sparse_body_size(n: int, chunk: int, k: int) -> int:
+    """The sparse codec's documented body size (sparse.py), written out chunk by chunk."""
+    r = math.floor(math.log2(chunk // k))
+    levels = codes = rem = unary = 0
+    for start in range(0, n, chunk):
+        length = min(chunk, n - start)
+        kept = min(k, length)
+        levels += 8
+        codes += 2 * kept
+        rem += r * kept
+        unary += kept + ((length - kept) >> r)
+    return levels + -(-codes // 8) + -(-rem // 8) + -(-unary // 8)
 
 
 def build_payload(
@@ -171,6 +187,7 @@ RMS_RANGE = {
     "int8": (3e-3, 1.5e-2),
     "int4": (0.07, 0.2),
     "e3m0": (0.12, 0.3),
+    "sparse": (0.85, 0.99),  # 4 of 256 kept: most of the energy waits for error feedback
 }
 
 
@@ -523,3 +540,52 @@ def test_peek_header_reads_the_fields_from_a_header_prefix():
     )
     assert h.numel == 600 and h.header_size == 49 and h.body_len == len(payload) - 49
     assert peek_header(make_codec("fp32", block_size=64).encode(torch.ones(3))).block_size == 0
+
+
+def _slope(x: torch.Tensor, y: torch.Tensor) -> float:
+    """Least-squares gain of y on x: 1 for an unbiased quantizer, < 1 for one that shrinks."""
+    return float((x.double() * y.double()).sum() / (x.double() ** 2).sum())
+
+
+def test_e3m0_nearest_shrinks_pseudo_gradients_and_stochastic_rounding_does_not():
+    """Issue 14: round-to-nearest on log-spaced levels (and the flush below 2^-7 of the block
+    max) pulls most values down, since more of them sit below a level midpoint than above it.
+    Stochastic rounding goes up with probability (|y| - lo)/(hi - lo): unbiased."""
+    g = torch.Generator().manual_seed(0)
+    gauss = torch.randn(1 << 20, generator=g)
+    heavy = torch.randn(1 << 20, generator=g) / torch.rand(1 << 20, generator=g).add(0.05)
+    for x in (gauss, heavy):
+        nearest = make_codec("e3m0", 128)
+        y = nearest.decode(nearest.encode(x))
+        assert 0.95 < _slope(x, y) < 0.985  # a 1.5-5 % cut of the effective outer lr
+        sr = make_codec("e3m0", 128, rounding="stochastic")
+        payload = sr.encode(x, seed=7)
+        z = nearest.decode(payload)  # same wire format: any e3m0 decoder reads it
+        assert abs(_slope(x, z) - 1) < 0.003
+        assert ((z - x).abs() <= sr.error_bound(x) + TOL).all()
+        assert sr.encode(x, seed=7) == payload and sr.encode(x, seed=8) != payload
+        # the nearest encoder ignores the seed: its bytes are what they always were
+        assert nearest.encode(x, seed=3) == nearest.encode(x)
+
+
+def test_e3m0_stochastic_rounding_levels_and_probabilities():
+    sr = make_codec("e3m0", 2, rounding="stochastic")
+    # block (1.0, 0.75): 0.75 lies between levels 0.5 and 1.0, up with probability 1/2
+    x = torch.tensor([1.0, 0.75]).repeat(20_000)
+    y = sr.decode(sr.encode(x, seed=1)).view(-1, 2)
+    assert (y[:, 0] == 1.0).all() and torch.isin(y[:, 1], torch.tensor([0.5, 1.0])).all()
+    assert abs(float((y[:, 1] == 1.0).float().mean()) - 0.5) < 0.02
+    # below the smallest level 2^-6 of the block max: 0 or 2^-6, with mean |y|
+    tiny = torch.tensor([1.0, -(2.0**-9)]).repeat(20_000)
+    z = sr.decode(sr.encode(tiny, seed=2)).view(-1, 2)[:, 1]
+    assert torch.isin(z, torch.tensor([0.0, -(2.0**-6)])).all()
+    assert abs(float(z.mean()) + 2.0**-9) < 2.0**-9 * 0.05
+
+
+def test_stochastic_rounding_is_offered_for_e3m0_only():
+    for name in ("int4", "sparse"):
+        with pytest.raises(ValueError, match="rounding") as err:
+            make_codec(name, 16, rounding="stochastic")
+        assert err.value.option == "rounding"
+    with pytest.raises(ValueError, match="rounding"):
+        make_codec("e3m0", rounding="up")

@@ -52,6 +52,7 @@ class Replica:
             "opt": self.opt.state_dict(),
             "stream": self.stream.state_dict(),
             "engine": self.engine.state_dict(),
+            "own": self.engine.group_state_dict(),
         }
 
     def load(self, state: dict) -> None:
@@ -59,6 +60,7 @@ class Replica:
         self.opt.load_state_dict(state["opt"])
         self.stream.load_state_dict(state["stream"])
         self.engine.load_state_dict(state["engine"])
+        self.engine.load_group_state_dict(state["own"])
 
 
 def make_replica(group: int, options: OuterConfig | None, hub: InProcessHub | None) -> Replica:
@@ -145,6 +147,9 @@ def test_lr1_no_momentum_alpha0_is_parameter_averaging(m):
         (2, "e3m0", 1, "streaming"),
         (4, "int4", 2, "torchft"),
         (2, "e3m0", 0, "streaming"),
+        (2, "sparse", 1, "streaming"),
+        (4, "sparse", 2, "torchft"),
+        (3, "e3m0-stochastic", 1, "streaming"),
     ],
 )
 def test_every_group_holds_bit_identical_globals_after_every_apply(m, codec, tau, schedule):
@@ -154,9 +159,12 @@ def test_every_group_holds_bit_identical_globals_after_every_apply(m, codec, tau
         fragments=3,
         overlap=tau,
         alpha=0.5,
-        codec=codec,
+        codec=codec.split("-")[0],
+        rounding="stochastic" if codec.endswith("stochastic") else "nearest",
         zstd_level=3,
         schedule=schedule,
+        error_feedback=codec == "sparse",  # per-group state must not break the identity
+        topk=4,  # sparse: 4 of every 128
     )
     replicas = [make_replica(g, opts, hub) for g in range(m)]
     seen: dict[tuple[int, int, int], tuple[torch.Tensor, torch.Tensor]] = {}
@@ -227,14 +235,18 @@ def test_streaming_4bit_trains_and_ends_near_diloco_fp32(m):
     assert stream.groups[0].bytes_sent < diloco.groups[0].bytes_sent / 6
 
 
-def test_save_restore_mid_run_with_a_fragment_in_flight_is_bit_exact():
+@pytest.mark.parametrize("codec", ["e3m0", "sparse", "e3m0-stochastic"])
+def test_save_restore_mid_run_with_a_fragment_in_flight_is_bit_exact(codec):
     m, total, cut = 2, 14, 4
     opts = OuterConfig(
         sync_every=8,
         fragments=2,
         overlap=1,
         alpha=0.5,
-        codec="e3m0",
+        codec=codec.split("-")[0],
+        rounding="stochastic" if codec.endswith("stochastic") else "nearest",  # seeded draws
+        error_feedback=codec == "sparse",  # the residuals are part of the checkpoint
+        error_decay=0.9,
     )
     # Uninterrupted run.
     hub = InProcessHub(m)
@@ -264,6 +276,11 @@ def test_save_restore_mid_run_with_a_fragment_in_flight_is_bit_exact():
             assert torch.equal(pa, pb)
         for ga, gb in zip(a.engine.global_params, b.engine.global_params, strict=True):
             assert torch.equal(ga, gb)
+        for ea, eb in zip(a.engine.error, b.engine.error, strict=True):
+            assert (ea is None) == (eb is None) and (ea is None or torch.equal(ea, eb))
+    if codec == "sparse":  # the residuals really were saved: they differ between groups
+        assert all(e is not None for e in ref[0].engine.error)
+        assert not torch.equal(ref[0].engine.error[0], ref[1].engine.error[0])
 
 
 def test_restore_rejects_state_of_a_different_plan():
@@ -284,7 +301,7 @@ def test_global_state_names_match_the_model():
 
 @pytest.mark.parametrize(
     ("k", "codec", "tau", "block"),
-    [(2, "e3m0", 1, 128), (3, "int4", 0, 64), (4, "fp32", 2, 16)],
+    [(2, "e3m0", 1, 128), (3, "int4", 0, 64), (4, "fp32", 2, 16), (2, "sparse", 1, 128)],
 )
 def test_hierarchical_k_ranks_per_group_match_one_rank_bit_for_bit(k, codec, tau, block):
     """Each rank syncs 1/K of every fragment with its peers; the result does not depend on K."""
@@ -299,6 +316,8 @@ def test_hierarchical_k_ranks_per_group_match_one_rank_bit_for_bit(k, codec, tau
         codec=codec,
         block_size=block,
         zstd_level=0 if codec == "fp32" else 3,  # fp32: exact sizes to compare below,
+        error_feedback=codec == "sparse",
+        topk=4,
     )
 
     def run(ranks: int) -> tuple[list[Replica], list[dict]]:
@@ -315,6 +334,9 @@ def test_hierarchical_k_ranks_per_group_match_one_rank_bit_for_bit(k, codec, tau
         in_threads(lambda i: reps[i].train(steps), m * ranks)
         assert all(rep.engine.idle for rep in reps)
         states = in_threads(lambda i: reps[i].engine.state_dict(), m * ranks)
+        own = in_threads(lambda i: reps[i].engine.group_state_dict(), m * ranks)
+        for i, state in enumerate(states):
+            state["own"] = own[i]
         return reps, states
 
     one, one_states = run(1)
@@ -328,9 +350,13 @@ def test_hierarchical_k_ranks_per_group_match_one_rank_bit_for_bit(k, codec, tau
             flatten(list(rep.model.parameters())),
             flatten(list(one[rep.engine.transport.group].model.parameters())),
         )
-    for state in many_states:  # gathered momentum: the same state whatever K
+    for i, state in enumerate(many_states):  # gathered state: the same whatever K
         for a, b in zip(state["momentum"], one_states[0]["momentum"], strict=True):
             assert torch.equal(a, b)
+        mine = one_states[i // k]["own"]["error"]  # per group: rank i belongs to group i // k
+        for a, b in zip(state["own"]["error"], mine, strict=True):
+            assert (a is None) == (b is None) and (a is None or torch.equal(a, b))
+            assert (a is not None) == (codec == "sparse")
     # The group's traffic is spread over its ranks: each rank sends about 1/K of it.
     per_rank = [r.engine.transport.stats.bytes_sent for r in many[:k]]
     assert max(per_rank) < 0.7 * sent_one
@@ -414,3 +440,143 @@ def test_bad_contributions_are_left_out_by_every_group_alike():
     assert torch.isfinite(seen[(0, 5, "global")]).all()
     # alpha 0: the adopting group took the global parameters, NaNs gone
     assert torch.isfinite(flatten(list(reps[2].model.parameters()))).all()
+
+
+# ---- error feedback ---------------------------------------------------------------------------
+
+
+def _fp32_runs_with_and_without_error_feedback():
+    out = []
+    for ef in (False, True):
+        opts = OuterConfig(sync_every=6, fragments=2, overlap=1, alpha=0.5, codec="fp32")
+        opts = replace(opts, error_feedback=ef, error_decay=0.5)
+        hub = InProcessHub(2)
+        reps = [make_replica(g, opts, hub) for g in range(2)]
+        in_threads(lambda g, reps=reps: reps[g].train(13), 2)
+        out.append(reps)
+    return out
+
+
+def test_error_feedback_with_a_lossless_codec_changes_nothing():
+    """fp32 sends exactly what it is given: the residual is exactly 0 and the run is
+    bit-identical to one without error feedback, whatever the decay."""
+    off, on = _fp32_runs_with_and_without_error_feedback()
+    for a, b in zip(off, on, strict=True):
+        for ga, gb in zip(a.engine.global_params, b.engine.global_params, strict=True):
+            assert torch.equal(ga, gb)
+        assert all(e is None for e in a.engine.error)
+        assert all(e is not None and not e.any() for e in b.engine.error)
+
+
+def test_error_feedback_carries_exactly_what_the_payload_left_out():
+    """One group, lr 1, no momentum: the applied step is the decoded payload itself, so
+    error_after = decay * error_before + delta - (global_before - global_after)."""
+    decay = 0.8
+    opts = replace(FP32_AVG, sync_every=4, fragments=2, codec="sparse", block_size=64, topk=2)
+    opts = replace(opts, error_feedback=True, error_decay=decay)
+    rep = make_replica(0, opts, InProcessHub(1))
+    eng = rep.engine
+    checked = []
+    before: dict = {}
+
+    def hook(r, events):
+        if events == "before_sync":
+            for p in eng.schedule.sends(eng.step_count + 1):
+                local = flatten(eng.params[p])
+                err = eng.error[p]
+                before[p] = (
+                    eng.global_params[p] - local,
+                    torch.zeros_like(local) if err is None else err.clone(),
+                    eng.global_params[p].clone(),
+                )
+            return
+        for ev in events:
+            if ev.kind != "apply":
+                continue
+            p = ev.fragment
+            delta, err, glob = before.pop(p)
+            applied = glob - eng.global_params[p]
+            chunks = (applied != 0).view(-1).split(64)
+            assert max(int(c.sum()) for c in chunks) <= 2  # at most k of every 64 sent
+            expected = err * decay + delta - applied
+            torch.testing.assert_close(eng.error[p], expected, rtol=0, atol=1e-6)
+            assert float(eng.error[p].norm()) > 0.9 * float(delta.norm())  # most waits
+            checked.append(p)
+
+    rep.train(12, hook)
+    assert sorted(checked) == [0, 0, 0, 1, 1, 1]
+
+
+def test_a_group_left_out_of_a_round_drops_its_residual_the_others_keep_theirs():
+    opts = OuterConfig(sync_every=4, fragments=1, codec="sparse", block_size=64, topk=2)
+    opts = replace(opts, error_feedback=True)
+    hub = InProcessHub(2)
+    reps = [make_replica(g, opts, hub) for g in range(2)]
+    reps[1].engine.transport = _Faulty(hub.transport(1), corrupt_at={8})
+    after: dict = {}
+
+    def hook(rep, events):
+        if events != "before_sync" and any(ev.kind == "apply" for ev in events):
+            e = rep.engine.error[0]
+            after[(rep.engine.transport.group, rep.engine.step_count)] = e
+            assert all(
+                ev.adopted == (ev.step == 8 and rep.engine.transport.group == 1)
+                for ev in events
+                if ev.kind == "apply"
+            )
+
+    in_threads(lambda g: reps[g].train(12, hook), 2)
+    assert after[(1, 8)] is None  # adopted the global fragment: nothing owed any more
+    assert after[(0, 8)] is not None and after[(1, 12)] is not None  # ... and starts again
+    for ga, gb in zip(reps[0].engine.global_params, reps[1].engine.global_params, strict=True):
+        assert torch.equal(ga, gb)
+
+
+def test_live_recovery_seeds_a_replacement_without_residuals_and_globals_stay_identical():
+    """A replacement group takes a healthy peer's shared engine state (as trainer.recover
+    does): it starts with no residual (neither the dead group's nor the peer's), the
+    survivors keep theirs, and every group ends every later round with identical globals."""
+    opts = OuterConfig(sync_every=6, fragments=2, overlap=1, codec="sparse", block_size=64)
+    opts = replace(opts, error_feedback=True, topk=2, alpha=0.0)
+    hub = InProcessHub(2)
+    reps = [make_replica(g, opts, hub) for g in range(2)]
+    in_threads(lambda g: reps[g].train(8), 2)  # idle: f1 sent at 3 landed at 4, f0 6 at 7
+    assert reps[0].engine.idle and all(e is not None for e in reps[0].engine.error)
+    shared = reps[0].engine.state_dict()
+    fresh = make_replica(1, opts, hub)  # group 1 died; its replacement
+    fresh.engine.load_state_dict(shared)
+    from streamloco.workers.trainer import load_global
+
+    load_global(fresh.model, fresh.engine.global_state())
+    assert all(e is None for e in fresh.engine.error)
+    reps[1] = fresh  # the survivor goes on untouched, residuals and all
+    in_threads(lambda g: reps[g].train(12), 2)
+    for ga, gb in zip(reps[0].engine.global_params, reps[1].engine.global_params, strict=True):
+        assert torch.equal(ga, gb)
+    assert all(e is not None for e in reps[1].engine.error)
+
+
+def test_group_state_without_residuals_is_refused_when_error_feedback_is_on():
+    opts = replace(OuterConfig(sync_every=4, fragments=2), error_feedback=True)
+    rep = make_replica(0, opts, InProcessHub(1))
+    with pytest.raises(ValueError, match="error-feedback"):
+        rep.engine.load_group_state_dict(None)
+    plain = make_replica(0, OuterConfig(sync_every=4, fragments=2), InProcessHub(1))
+    plain.engine.load_group_state_dict(None)  # a checkpoint from before: fine when off
+    with pytest.raises(ValueError, match="fragments"):
+        plain.engine.load_group_state_dict({"version": 1, "error": [None]})
+
+
+@pytest.mark.parametrize(
+    ("flag", "key"),
+    [
+        ("--outer.error_decay=0", "outer.error_decay"),
+        ("--outer.error_decay=1.5", "outer.error_decay"),
+        ("--outer.topk=200", "outer.topk"),
+        ("--outer.block_size=70000", "outer.block_size"),
+        ("--outer.rounding='stochastic'", "outer.rounding"),  # e3m0 only
+    ],
+)
+def test_sparse_and_error_feedback_options_are_validated_naming_the_key(flag, key):
+    with pytest.raises(ValueError, match=key):
+        load_config(None, ["--outer.codec='sparse'", flag])

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 VERSION = 1
-METHODS = ("ddp", "diloco", "streaming")
+METHODS = ("ddp", "diloco", "streaming", "sparse")
 
 
 def is_number(v: Any) -> bool:

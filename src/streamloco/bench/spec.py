@@ -47,6 +47,14 @@ class BenchConfig:
     extrapolate: bool = True  # the analytic model at the paper's 1B scale
     max_gap: dict[str, float] = field(default_factory=lambda: {"2": 0.01, "4": 0.02})
     min_ratio_vs_bf16: float = 400.0  # bytes target for Streaming 4-bit at the largest H
+    # the sparse rows: Streaming with the sparse codec and per-group error feedback (SparseLoCo)
+    sparse: bool = True
+    sparse_sync_every: list[int] = field(default_factory=lambda: [30, 100])
+    sparse_block_size: int = 4096  # chunk C of the top-k
+    sparse_topk: int = 64  # values kept per chunk (64 of 4096: 1.6 %)
+    sparse_alpha: float = 0.0  # local = global after a sync: the residual rides in error feedback
+    sparse_error_decay: float = 1.0
+    min_ratio_sparse_vs_bf16: float = 3000.0  # bytes target for Sparse at its largest H
 
 
 @dataclass(frozen=True)
@@ -55,7 +63,7 @@ class RunSpec:
 
     id: str
     label: str
-    method: str  # "ddp" | "diloco" | "streaming"
+    method: str  # "ddp" | "diloco" | "streaming" | "sparse"
     groups: int  # M (1 for the data-parallel run)
     changes: dict[str, Any]  # dotted config keys this run sets over the base
     # rows that reuse this run's losses (zstd is lossless): (id, label) of the row without zstd
@@ -119,6 +127,15 @@ def _validate(b: BenchConfig) -> None:
     check(b.cpus >= 0 and b.gpus >= 0, "cpus", "cpus and gpus must be >= 0")
     check(all(x > 0 for x in b.bandwidths_mbps), "bandwidths_mbps", "must be > 0")
     check(b.utilization_steps >= 1 and b.dp_steps >= 1, "utilization_steps", "must be >= 1")
+    check(all(h >= 1 for h in b.sparse_sync_every), "sparse_sync_every", "must be >= 1")
+    check(
+        1 <= b.sparse_topk <= b.sparse_block_size <= 65535,
+        "sparse_topk",
+        f"need 1 <= sparse_topk <= sparse_block_size <= 65535, got {b.sparse_topk} and "
+        f"{b.sparse_block_size}",
+    )
+    check(0.0 <= b.sparse_alpha <= 1.0, "sparse_alpha", "must be in [0, 1]")
+    check(0.0 < b.sparse_error_decay <= 1.0, "sparse_error_decay", "must be in (0, 1]")
     for m in b.groups:
         check(str(m) in b.max_gap, "max_gap", f"no target for M={m} (a table like {{'2' = 0.01}})")
 
@@ -176,9 +193,10 @@ def streaming_fragments(bench: BenchConfig, cfg: Config) -> int:
 
 
 def plan_runs(bench: BenchConfig, cfg: Config) -> list[RunSpec]:
-    """The data-parallel baseline, then for each M: DiLoCo, and Streaming at each H."""
+    """The data-parallel baseline, then for each M: DiLoCo, Streaming at each H, and (with
+    bench.sparse) Sparse at each of bench.sparse_sync_every."""
     f = streaming_fragments(bench, cfg)
-    for h in bench.streaming_sync_every:
+    for h in [*bench.streaming_sync_every, *(bench.sparse_sync_every if bench.sparse else [])]:
         if h % f:
             raise ValueError(f"bench.streaming_sync_every: H={h} is not a multiple of F={f}")
     gb = bench.global_batch
@@ -237,7 +255,41 @@ def plan_runs(bench: BenchConfig, cfg: Config) -> list[RunSpec]:
                     without_zstd=(rid, label) if zstd else None,
                 )
             )
+        runs += _sparse_runs(bench, per_group, f) if bench.sparse else []
     return runs
+
+
+def _sparse_runs(bench: BenchConfig, per_group: dict, f: int) -> list[RunSpec]:
+    """Streaming (same F, tau) with the sparse codec, error feedback, and the bench's outer
+    step (the [outer] section: lr 1.4 without momentum, i.e. SparseLoCo's plain step)."""
+    c, k, zstd = bench.sparse_block_size, bench.sparse_topk, bench.zstd_level
+    out = []
+    for h in bench.sparse_sync_every:
+        label = f"Sparse H={h} top-{k}/{c} 2-bit + EF"
+        rid = f"m{per_group['train.groups']}-sparse-h{h}"
+        out.append(
+            RunSpec(
+                f"{rid}-zstd" if zstd else rid,
+                f"{label} + zstd" if zstd else label,
+                "sparse",
+                per_group["train.groups"],
+                {
+                    **per_group,
+                    "outer.sync_every": h,
+                    "outer.fragments": f,
+                    "outer.overlap": bench.overlap,
+                    "outer.codec": "sparse",
+                    "outer.block_size": c,
+                    "outer.topk": k,
+                    "outer.error_feedback": True,
+                    "outer.error_decay": bench.sparse_error_decay,
+                    "outer.alpha": bench.sparse_alpha,
+                    "outer.zstd_level": zstd,
+                },
+                without_zstd=(rid, label) if zstd else None,
+            )
+        )
+    return out
 
 
 def run_config(

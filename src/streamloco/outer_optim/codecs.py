@@ -1,4 +1,5 @@
-"""Wire codecs for pseudo-gradients: fp32, bf16, int8, int4 and e3m0 (the paper's 4-bit float).
+"""Wire codecs for pseudo-gradients: fp32, bf16, int8, int4 and e3m0 (the paper's 4-bit float);
+the sparse top-k codec (codec id 6) lives in sparse.py and shares this envelope.
 
 A codec turns a floating tensor (fp32/bf16/fp16/fp64, any shape, 0-d and empty included, CPU or
 CUDA) into a self-describing `bytes` payload and back into a new fp32 CPU tensor of the same shape.
@@ -164,6 +165,8 @@ class Codec:
 
     name: ClassVar[str]
 
+    rounding: str = "nearest"  # "stochastic": see E3M0Codec (an encoder choice, not on the wire)
+
     def __init__(self, block_size: int = 256, zstd_level: int = 0) -> None:
         if isinstance(block_size, bool) or not isinstance(block_size, int):
             raise OptionError("block_size", f"expected an int, got {block_size!r}")
@@ -190,8 +193,11 @@ class Codec:
         """block_size as written in the header: 0 for codecs that have no blocks."""
         return self.block_size if self.name in BLOCKED_CODECS else 0
 
-    def encode(self, x: torch.Tensor) -> bytes:
-        """Encode `x` into a payload; ValueError for unsupported dtypes or non-finite values."""
+    def encode(self, x: torch.Tensor, *, seed: int = 0) -> bytes:
+        """Encode `x` into a payload; ValueError for unsupported dtypes or non-finite values.
+
+        `seed` drives stochastic rounding (ignored otherwise): the same x and seed give the
+        same bytes, so a resumed run sends what the uninterrupted one did."""
         if not isinstance(x, torch.Tensor):
             raise TypeError(f"x: expected a torch.Tensor, got {type(x)}")
         if x.dtype not in DTYPE_CODES:
@@ -203,7 +209,7 @@ class Codec:
         flat = x.detach().reshape(-1)  # a view when x is contiguous
         if flat.dtype == torch.float64:
             flat = flat.float()  # the math is fp32; error bounds refer to x rounded to fp32
-        body = self._encode_body(flat).cpu()
+        body = self._encode_body(flat, seed).cpu()
         return seal(
             self.name,
             x.dtype,
@@ -241,14 +247,16 @@ class Codec:
             raise ValueError(f"shape: expected a sequence of ints, got {shape!r}") from err
         if len(shape) > MAX_NDIM or any(d < 0 for d in shape):
             raise ValueError(f"shape: expected at most {MAX_NDIM} non-negative ints, got {shape}")
-        return header_size(len(shape)) + body_size(self.name, math.prod(shape), self.block_size)
+        return header_size(len(shape)) + body_size(
+            self.name, math.prod(shape), self.wire_block_size
+        )
 
     def error_bound(self, x: torch.Tensor) -> torch.Tensor:
         """Elementwise worst-case |decode(encode(x)) - x| (fp32, shape of x), module formulas."""
         xf = x.detach().float()
         return self._bound(xf.reshape(-1)).view(xf.shape)
 
-    def _encode_body(self, flat: torch.Tensor) -> torch.Tensor:
+    def _encode_body(self, flat: torch.Tensor, seed: int = 0) -> torch.Tensor:
         raise NotImplementedError
 
     def _decode_body(self, raw: memoryview | bytes, n: int) -> torch.Tensor:
@@ -274,7 +282,7 @@ class Fp32Codec(Codec):
 
     name = "fp32"
 
-    def _encode_body(self, flat: torch.Tensor) -> torch.Tensor:
+    def _encode_body(self, flat: torch.Tensor, seed: int = 0) -> torch.Tensor:
         flat = flat.float().contiguous()
         if not _all_finite(flat):
             raise _non_finite("NaN or Inf")
@@ -294,7 +302,7 @@ class Bf16Codec(Codec):
 
     name = "bf16"
 
-    def _encode_body(self, flat: torch.Tensor) -> torch.Tensor:
+    def _encode_body(self, flat: torch.Tensor, seed: int = 0) -> torch.Tensor:
         half = flat.float().to(torch.bfloat16).contiguous()
         if not _all_finite(half):
             raise _non_finite("NaN or Inf, or beyond the bfloat16 range")
@@ -329,10 +337,13 @@ class _BlockCodec(Codec):
     def _row_bytes(self, elems: int) -> int:
         return ceil_div(elems, 2) if self.name in NIBBLE_CODECS else elems
 
-    def _encode_body(self, flat: torch.Tensor) -> torch.Tensor:
+    def _encode_body(self, flat: torch.Tensor, seed: int = 0) -> torch.Tensor:
         n, bs = flat.numel(), self.block_size
         nb = ceil_div(n, bs)
         body = torch.empty(4 * nb + self._row_bytes(n), dtype=torch.uint8, device=flat.device)
+        gen = None
+        if self.rounding == "stochastic":  # one stream per payload, drawn in element order
+            gen = torch.Generator(device=flat.device).manual_seed(seed)
         scales = body[: 4 * nb].view(torch.float32)  # (nb,)
         codes = body[4 * nb :]
         full, per_row = n // bs, self._row_bytes(bs)
@@ -341,12 +352,13 @@ class _BlockCodec(Codec):
         step = max(1, _chunk_elems(flat.device) // bs)
         for r0 in range(0, full, step):
             r1 = min(r0 + step, full)
-            self._quantize(x_rows[r0:r1], scales[r0:r1], c_rows[r0:r1])
+            self._quantize(x_rows[r0:r1], scales[r0:r1], c_rows[r0:r1], gen)
         if full < nb:
             tail = flat[full * bs :].float()
             if self.name in NIBBLE_CODECS and tail.numel() % 2:
                 tail = torch.cat((tail, tail.new_zeros(1)))  # padding encodes to the zero code
-            self._quantize(tail.view(1, -1), scales[full:], codes[full * per_row :].view(1, -1))
+            tail_codes = codes[full * per_row :].view(1, -1)
+            self._quantize(tail.view(1, -1), scales[full:], tail_codes, gen)
         return body
 
     def _scales(self, xc: torch.Tensor, scales_out: torch.Tensor) -> torch.Tensor:
@@ -370,7 +382,11 @@ class _BlockCodec(Codec):
         return inv.unsqueeze(1)
 
     def _quantize(
-        self, xc: torch.Tensor, scales_out: torch.Tensor, codes_out: torch.Tensor
+        self,
+        xc: torch.Tensor,
+        scales_out: torch.Tensor,
+        codes_out: torch.Tensor,
+        gen: torch.Generator | None = None,
     ) -> None:
         raise NotImplementedError
 
@@ -443,7 +459,11 @@ class Int8Codec(_BlockCodec):
     qmax = 127.0
 
     def _quantize(
-        self, xc: torch.Tensor, scales_out: torch.Tensor, codes_out: torch.Tensor
+        self,
+        xc: torch.Tensor,
+        scales_out: torch.Tensor,
+        codes_out: torch.Tensor,
+        gen: torch.Generator | None = None,
     ) -> None:
         xc = xc.float()
         t = torch.mul(xc, self._scales(xc, scales_out))  # (k, B); |t| <= 127 * (1 + 2^-23)
@@ -476,7 +496,11 @@ class Int4Codec(_BlockCodec):
     _TABLE = _nibble_pair_table(torch.tensor([math.nan] + [float(v - 8) for v in range(1, 16)]))
 
     def _quantize(
-        self, xc: torch.Tensor, scales_out: torch.Tensor, codes_out: torch.Tensor
+        self,
+        xc: torch.Tensor,
+        scales_out: torch.Tensor,
+        codes_out: torch.Tensor,
+        gen: torch.Generator | None = None,
     ) -> None:
         xc = xc.float()
         t = torch.mul(xc, self._scales(xc, scales_out))  # (k, L)
@@ -533,30 +557,75 @@ class E3M0Codec(_BlockCodec):
         return table
 
     def _quantize(
-        self, xc: torch.Tensor, scales_out: torch.Tensor, codes_out: torch.Tensor
+        self,
+        xc: torch.Tensor,
+        scales_out: torch.Tensor,
+        codes_out: torch.Tensor,
+        gen: torch.Generator | None = None,
     ) -> None:
         xc = xc.float()
         y = torch.mul(xc, self._scales(xc, scales_out))  # (k, L), |y| <= 1 + 2^-23
+        if gen is not None:
+            self._quantize_stochastic(y, codes_out, gen)
+            return
         top = y.view(torch.int32).bitwise_right_shift_(22).bitwise_and_(1023)
         pair = torch.add(top[:, 0::2], top[:, 1::2], alpha=1024)  # (k, L/2)
         torch.index_select(self._pairs(y.device), 0, pair.view(-1), out=codes_out.view(-1))
+
+    @staticmethod
+    def _quantize_stochastic(y: torch.Tensor, codes_out: torch.Tensor, gen: torch.Generator):
+        """Unbiased rounding: |y| between neighbouring levels lo < hi goes up with probability
+        (|y| - lo) / (hi - lo), so E[decoded] = y. Levels: 0, 2^-6, ..., 2^0."""
+        a = y.abs()
+        exp = torch.frexp(a).exponent - 1  # a in [2^exp, 2^(exp+1)) (a > 0)
+        small = exp < -6  # below 2^-6: between 0 (code 0) and 2^-6 (code 1)
+        step = torch.where(small, 2.0**-6, torch.ldexp(torch.ones_like(a), exp))
+        lo = torch.where(small, 0.0, step)
+        u = torch.rand(a.shape, generator=gen, device=a.device)
+        up = u < (a - lo) / step
+        code = torch.where(small, 0, exp + 7) + up  # |y| <= 1 + 2^-23: at most 7 but for ulps
+        code = code.clamp_(max=7).to(torch.uint8)
+        code |= (y < 0).to(torch.uint8).mul_(8) * (code > 0)  # no "negative zero"
+        torch.add(code[:, 0::2], code[:, 1::2], alpha=16, out=codes_out)
 
     def _dequantize(self, c: torch.Tensor, s: torch.Tensor, out: torch.Tensor) -> None:
         torch.index_select(self._TABLE, 0, c.reshape(-1).int(), out=out.view(-1, 2))
         out.mul_(s)
 
     def _formula(self, flat: torch.Tensor, absmax: torch.Tensor) -> torch.Tensor:
+        if self.rounding == "stochastic":  # one level step: at most |x|, or absmax/64 below
+            return torch.maximum(flat.abs(), absmax / 64)
         return torch.maximum(flat.abs() / 3, absmax / 128)
 
 
 _CODECS: dict[str, type[Codec]] = {
     c.name: c for c in (Fp32Codec, Bf16Codec, Int8Codec, Int4Codec, E3M0Codec)
 }
-assert tuple(_CODECS) == CODEC_NAMES
 
 
-def make_codec(name: str, block_size: int = 256, zstd_level: int = 0) -> Codec:
-    """The codec `name` (one of CODEC_NAMES); ValueError naming the bad argument."""
+ROUNDINGS = ("nearest", "stochastic")
+
+
+def make_codec(
+    name: str, block_size: int = 256, zstd_level: int = 0, topk: int = 0, rounding: str = "nearest"
+) -> Codec:
+    """The codec `name` (one of CODEC_NAMES); ValueError naming the bad argument.
+
+    `topk`: values kept per block of the sparse codec (0 = its default); other codecs ignore it.
+    `rounding`: "stochastic" (unbiased, e3m0 only) or "nearest".
+    """
+    if rounding not in ROUNDINGS:
+        raise OptionError("rounding", f"{rounding!r} is not one of {', '.join(ROUNDINGS)}")
+    if rounding == "stochastic":
+        if name != "e3m0":
+            raise OptionError("rounding", f"stochastic rounding is offered for e3m0, not {name}")
+        codec = E3M0Codec(block_size, zstd_level)
+        codec.rounding = "stochastic"
+        return codec
+    if name == "sparse":  # sparse.py builds on this module: imported here, not at the top
+        from streamloco.outer_optim.sparse import SparseCodec
+
+        return SparseCodec(block_size, zstd_level, topk)
     cls = _CODECS.get(name)
     if cls is None:
         raise OptionError("codec", f"{name!r} is not one of {', '.join(CODEC_NAMES)}")
@@ -568,7 +637,12 @@ def decode_any(
 ) -> torch.Tensor:
     """Decode any valid payload into a new fp32 CPU tensor; the codec is read from the header."""
     header, raw = open_payload(payload, max_numel)
-    codec = _CODECS[header.codec](header.block_size or 256)
+    if header.codec == "sparse":
+        from streamloco.outer_optim.sparse import SparseCodec
+
+        codec: Codec = SparseCodec.from_wire(header.block_size)
+    else:
+        codec = _CODECS[header.codec](header.block_size or 256)
     return codec._decode_body(raw, header.numel).view(header.shape)
 
 

@@ -18,6 +18,13 @@ group leaves out the same ones and the globals stay identical. A group whose own
 the mean (it abstained, sent something invalid, or the transport closed the round without it)
 adopts the global fragment (local = global, whatever alpha) instead of merging.
 
+Error feedback (`error_feedback`, SparseLoCo/DeMo): per fragment, each group keeps what its
+payloads have not carried yet. send: acc = error_decay * acc + delta; payload = codec(acc);
+acc -= decode(payload). It is per-group state (`group_state_dict`), reset to zero when the group
+abstains, adopts the global fragment, or is a replacement seeded by live recovery
+(docs/engine.md has the rules). Stochastic rounding draws are seeded by (step, fragment, group,
+rank), so resumed runs send the same bytes.
+
 Hierarchical sync (a group of K ranks, see comm.py): every rank holds the full global copy and
 its group's full local parameters (DDP keeps them equal), but sends, reduces and outer-steps only
 its own shard of each fragment (whole codec blocks, so results are bit-identical for any K); the
@@ -103,7 +110,9 @@ class StreamingEngine:
         self.transport = transport
         self.comm = comm or SoloComm()
         self.schedule = Schedule.of(options)
-        self.codec: Codec = make_codec(options.codec, options.block_size, options.zstd_level)
+        self.codec: Codec = make_codec(
+            options.codec, options.block_size, options.zstd_level, options.topk, options.rounding
+        )
         self.outer = OuterSGD(options.lr, options.momentum, options.nesterov)
         named = dict(model.named_parameters())
         self.plan: FragmentPlan = partition(
@@ -120,6 +129,8 @@ class StreamingEngine:
         self.shards = [shard_bounds(n, self.comm.rank, k, block) for n in self.plan.numels]
         self.shard_len = [shard_size(n, k, block) for n in self.plan.numels]
         self.momentum: list[torch.Tensor | None] = [None] * options.fragments  # own shard
+        # error feedback (per group, own shard): what this group's payloads have not carried yet
+        self.error: list[torch.Tensor | None] = [None] * options.fragments
         self.step_count = 0
         self.in_flight: dict[int, _InFlight] = {}
 
@@ -168,12 +179,42 @@ class StreamingEngine:
         # A non-finite local model (diverged, or a faulty device) must not travel: abstain, so
         # the others need not wait, and adopt the global fragment at the apply.
         abstain = not math.isfinite(float(own.norm()))
-        payload = ABSTAIN if abstain else self.codec.encode(own)
+        if abstain:
+            payload, sent = ABSTAIN, own
+            self.error[p] = None  # the group restarts from the global fragment: nothing owed
+        elif self.options.error_feedback:
+            payload, sent = self._send_with_error_feedback(p, own)
+        else:
+            payload, sent = self.codec.encode(own, seed=self._seed(p)), own
         handle = self.transport.exchange((p, self.step_count), payload)
-        self.in_flight[p] = _InFlight(
-            self.step_count, handle, own.clone() if own is not delta else delta
-        )
+        # keep the encoded values for the error metric; a view of delta would pin all of delta
+        keep = sent.clone() if sent is own and own is not delta else sent
+        self.in_flight[p] = _InFlight(self.step_count, handle, keep)
         return SyncEvent("send", p, self.step_count, len(payload), norm, abstained=abstain)
+
+    def _seed(self, p: int) -> int:
+        """The stochastic-rounding seed of this send: a function of where it is in the run
+        (step, fragment, group, rank), so a resumed run draws what the uninterrupted one did.
+        Groups draw differently (their rounding errors average out); the globals stay
+        bit-identical either way, since every group decodes the same bytes."""
+        group, rank = self.transport.group, self.comm.rank
+        return (((self.step_count * 4099 + p) * 65537 + group) * 257 + rank) % (1 << 63)
+
+    def _send_with_error_feedback(self, p: int, own: torch.Tensor) -> tuple[bytes, torch.Tensor]:
+        """acc = decay * error + delta; send codec(acc); error = acc - decode(payload).
+
+        The residual is taken against the decoded payload, the very values every group adds
+        into the mean, so what one round leaves out is exactly what the next one carries."""
+        acc = self.error[p]
+        if acc is None:
+            acc = own.clone()
+        else:
+            acc.mul_(self.options.error_decay).add_(own)
+        payload = self.codec.encode(acc, seed=self._seed(p))
+        sent = acc.clone()  # for the quantization-error metric (what this payload encodes)
+        acc.sub_(self.codec.decode(payload, max_numel=acc.numel()).to(self.state_device))
+        self.error[p] = acc
+        return payload, sent
 
     def _apply(self, p: int) -> SyncEvent:
         flight = self.in_flight.pop(p)
@@ -207,6 +248,8 @@ class StreamingEngine:
             self.comm.all_gather(glob[lo:hi], glob, self.shard_len[p])
             own_used = self._all_ranks(own_used)
         merge_(self.params[p], glob, self.options.alpha if own_used else 0.0)
+        if not own_used:  # local = global now: the residual belonged to a discarded trajectory
+            self.error[p] = None
         return SyncEvent(
             "apply",
             p,
@@ -290,11 +333,14 @@ class StreamingEngine:
             "plan": self.plan.fingerprint,
             "step": self.step_count,
             "global": [g.clone() for g in self.global_params],
-            "momentum": [self._full_momentum(p) for p in range(len(self.momentum))],
+            "momentum": [self._gather(self.momentum[p], p) for p in range(len(self.momentum))],
             "in_flight": in_flight,
         }
 
     def load_state_dict(self, state: Mapping) -> None:
+        """Restore the state every group shares (`state_dict`). Per-group state (error feedback)
+        starts from zero: a checkpoint restores it with `load_group_state_dict` afterwards, a
+        replacement group seeded from a healthy peer (live recovery) must not take the peer's."""
         if state.get("version") != STATE_VERSION:
             raise ValueError(f"engine state: version {state.get('version')} != {STATE_VERSION}")
         if state.get("plan") != self.plan.fingerprint:
@@ -315,6 +361,7 @@ class StreamingEngine:
             for m, (lo, hi) in zip(state["momentum"], self.shards, strict=True)
         ]
         self.step_count = int(state["step"])
+        self.error = [None] * len(self.error)
         self.in_flight = {
             int(p): _InFlight(
                 int(f["send_step"]),
@@ -328,8 +375,43 @@ class StreamingEngine:
         if self.comm.size > 1 and self.in_flight:
             raise ValueError("engine state: fragments in flight cannot be split over ranks")
 
-    def _full_momentum(self, p: int) -> torch.Tensor | None:
-        buf = self.momentum[p]
+    def group_state_dict(self) -> dict:
+        """This group's own outer state (error feedback), for its part of a checkpoint.
+
+        Unlike `state_dict` it differs between groups. A collective when K > 1 (the shards are
+        gathered, so the state is the same whatever K)."""
+        return {
+            "version": STATE_VERSION,
+            "error": [self._gather(self.error[p], p) for p in range(len(self.error))],
+        }
+
+    def load_group_state_dict(self, state: Mapping | None) -> None:
+        """Restore `group_state_dict` (call after `load_state_dict`). None: a checkpoint from
+        before error feedback existed, accepted only when it is off."""
+        if state is None:
+            if self.options.error_feedback:
+                raise ValueError(
+                    "engine group state: the checkpoint holds no error-feedback state but "
+                    "outer.error_feedback is on"
+                )
+            return
+        if state.get("version") != STATE_VERSION:
+            raise ValueError(f"engine group state: version {state.get('version')}")
+        error = state["error"]
+        if len(error) != len(self.error):
+            raise ValueError(
+                f"engine group state: {len(error)} fragments, expected {len(self.error)}"
+            )
+        for p, e in enumerate(error):
+            if e is not None and e.shape != self.global_params[p].shape:
+                raise ValueError(f"engine group state: fragment {p} error has shape {e.shape}")
+        self.error = [
+            None if e is None else e[lo:hi].to(self.state_device, torch.float32).clone()
+            for e, (lo, hi) in zip(error, self.shards, strict=True)
+        ]
+
+    def _gather(self, buf: torch.Tensor | None, p: int) -> torch.Tensor | None:
+        """The whole fragment's copy of a per-shard buffer (a collective when K > 1)."""
         if buf is None or self.comm.size == 1:
             return None if buf is None else buf.clone()
         full = torch.empty_like(self.global_params[p])
@@ -369,6 +451,12 @@ class NoOuterLoop:
 
     def state_dict(self) -> dict:
         return {"version": STATE_VERSION, "outer": False, "step": self.step_count}
+
+    def group_state_dict(self) -> dict:
+        return {"version": STATE_VERSION, "error": []}
+
+    def load_group_state_dict(self, state: Mapping | None) -> None:
+        pass
 
     def load_state_dict(self, state: Mapping) -> None:
         if state.get("version") != STATE_VERSION or state.get("outer", True):

@@ -21,6 +21,10 @@ class OuterOptions(Protocol):
     codec: str
     block_size: int
     zstd_level: int
+    topk: int
+    rounding: str
+    error_feedback: bool
+    error_decay: float
     pattern: str
     schedule: str
     state_device: str

@@ -26,9 +26,12 @@ MAX_BLOCK_SIZE = 2**32 - 1  # block_size is a u32 on the wire
 # fragment size should pass `max_numel=` to the decoders for a tight bound.
 DEFAULT_MAX_NUMEL = 2**32
 
-CODEC_IDS: dict[str, int] = {"fp32": 1, "bf16": 2, "int8": 3, "int4": 4, "e3m0": 5}
+CODEC_IDS: dict[str, int] = {"fp32": 1, "bf16": 2, "int8": 3, "int4": 4, "e3m0": 5, "sparse": 6}
 CODEC_NAMES: tuple[str, ...] = tuple(CODEC_IDS)
-BLOCKED_CODECS = frozenset({"int8", "int4", "e3m0"})
+BLOCKED_CODECS = frozenset({"int8", "int4", "e3m0", "sparse"})
+# sparse: the u32 block_size field holds two u16, chunk size C (low) and values kept per chunk k
+# (high), so a payload alone says how it was made
+MAX_SPARSE_CHUNK = 2**16 - 1
 NIBBLE_CODECS = frozenset({"int4", "e3m0"})
 DTYPE_CODES: dict[torch.dtype, int] = {
     torch.float32: 1,
@@ -82,8 +85,31 @@ def ceil_div(a: int, b: int) -> int:
     return -(-a // b)
 
 
+def sparse_params(block_size: int) -> tuple[int, int]:
+    """(chunk size C, values kept per chunk k) from the sparse codec's block_size field."""
+    return block_size & 0xFFFF, block_size >> 16
+
+
+def sparse_layout(numel: int, chunk: int, k: int) -> tuple[int, int, int, int]:
+    """(chunks nc, kept values K, Rice parameter r, unary stream bits U) of a sparse body.
+
+    Chunk j holds L_j = min(C, n - jC) elements and keeps k_j = min(k, L_j). Its gaps sum to at
+    most L_j - k_j, so their Rice quotients sum to at most (L_j - k_j) >> r: U is the worst case,
+    which makes the body size a function of the shape alone.
+    """
+    nc = ceil_div(numel, chunk)
+    r = (chunk // k).bit_length() - 1  # floor(log2(C / k)): the gaps average about C/k - 1
+    full, last = divmod(numel, chunk)
+    kept = full * k + min(k, last)
+    unary = kept + full * ((chunk - k) >> r) + (max(last - k, 0) >> r)
+    return nc, kept, r, unary
+
+
 def body_size(codec: str, numel: int, block_size: int) -> int:
     """Raw (uncompressed) body bytes of `codec` for `numel` elements (see the size formulas)."""
+    if codec == "sparse":
+        nc, kept, r, unary = sparse_layout(numel, *sparse_params(block_size))
+        return 8 * nc + ceil_div(2 * kept, 8) + ceil_div(kept * r, 8) + ceil_div(unary, 8)
     if codec == "fp32":
         return 4 * numel
     if codec == "bf16":
@@ -193,6 +219,13 @@ def _check_block_size(codec: str, block_size: int) -> None:
     if codec not in BLOCKED_CODECS:
         if block_size != 0:
             raise CodecError(f"block_size: must be 0 for codec {codec}, found {block_size}")
+    elif codec == "sparse":
+        chunk, k = sparse_params(block_size)
+        if not 1 <= k <= chunk:
+            raise CodecError(
+                f"block_size: sparse chunk {chunk}, k {k}: need 1 <= k <= chunk (field "
+                f"{block_size:#010x})"
+            )
     elif block_size < 1:
         raise CodecError(f"block_size: must be >= 1 for codec {codec}, found {block_size}")
     elif codec in NIBBLE_CODECS and block_size % 2:

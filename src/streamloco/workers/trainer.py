@@ -329,7 +329,9 @@ class Trainer:
 
     def recover(self, state: Mapping, totals: GroupTotals | None = None) -> int:
         """Become a member at the peer's step: local = global, fresh AdamW moments, the lr
-        schedule at that step. `totals`: the dead group's counters at its last report, so its
+        schedule at that step, no error feedback (the engine state carries none: the dead
+        group's residual belonged to a trajectory that is gone, and the peer's is the peer's
+        own). `totals`: the dead group's counters at its last report, so its
         byte and blocked-time series go on from there (they belong to the group, not to this
         process); the driver gives the bytes to rank 0 only, so the group's sums stay right.
         Returns the bytes received (global + momentum), which are counted apart."""
@@ -374,9 +376,11 @@ class Trainer:
 
         Every rank returns its own part ("rank": data-stream position, byte counters); rank 0 of
         a group also returns the group's ("group": model and inner optimizer, which DDP keeps
-        equal on all ranks; "engine": global parameters and outer state, equal on all groups).
+        equal on all ranks, and the engine's per-group error feedback; "engine": global
+        parameters and outer state, equal on all groups).
         """
         engine = self.engine.state_dict()  # collective for K > 1: every rank must call it
+        own = self.engine.group_state_dict()  # this group's error feedback; collective too
         stats = self.transport.stats
         out: dict = {
             "step": self.step,
@@ -391,6 +395,7 @@ class Trainer:
                 "model": self.model_state(),
                 "inner": self.opt.state_dict(),
                 "sched": self.sched.state_dict(),
+                "outer": own,
             }
             out["engine"] = engine
         return out
@@ -401,6 +406,7 @@ class Trainer:
         self.opt.load_state_dict(group["inner"])
         self.sched.load_state_dict(group["sched"])
         self.engine.load_state_dict(engine)
+        self.engine.load_group_state_dict(group.get("outer"))
         self.stream.load_state_dict(dict(rank["data"]))
         stats = self.transport.stats
         stats.bytes_sent, stats.bytes_received, stats.exchanges = (int(x) for x in rank["bytes"])
