@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-from streamloco.outer_optim.codecs import CODEC_NAMES, make_codec
+from streamloco.outer_optim.names import CODEC_NAMES
 from streamloco.outer_optim.options import OptionError
 from streamloco.outer_optim.schedule import Schedule
 
@@ -476,6 +476,8 @@ def _check(cond: bool, key: str, why: str) -> None:
 def _check_outer_options(o: OuterConfig) -> None:
     """The schedule's rules (H, F, tau) and the codec's (name, block size, zstd level) live in
     their own classes; building them here is how config checks them, naming the key."""
+    from streamloco.outer_optim.codecs import make_codec  # torch: not at import (names.py)
+
     try:
         Schedule.of(o)
         make_codec(o.codec, o.block_size, o.zstd_level, o.topk, o.rounding)

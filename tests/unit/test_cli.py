@@ -163,3 +163,11 @@ def test_resume_reports_a_damaged_checkpoint_once(tmp_path):
     assert "nothing left to do" in proc.stderr, proc.stderr
     assert proc.stderr.count("sha256 mismatch") == 1, proc.stderr
     assert proc.stderr.count("step-00000003") == 1, proc.stderr
+
+
+def test_importing_the_cli_does_not_import_torch():
+    # Spawned tokenizer workers re-import the CLI's main module: torch there would cost each
+    # worker ~1.2 s of start-up for nothing (and `streamloco --help` as much).
+    code = "import sys, streamloco.cli; print('torch' in sys.modules)"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "False"

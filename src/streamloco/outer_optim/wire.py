@@ -16,6 +16,14 @@ from dataclasses import dataclass
 import torch
 import zstandard
 
+from streamloco.outer_optim.names import (  # noqa: F401 (re-exported: codecs import them here)
+    BLOCKED_CODECS,
+    CODEC_IDS,
+    CODEC_NAMES,
+    MAX_SPARSE_CHUNK,
+    NIBBLE_CODECS,
+)
+
 MAGIC = b"SLQC"
 FORMAT_VERSION = 1
 MAX_NDIM = 8
@@ -26,13 +34,6 @@ MAX_BLOCK_SIZE = 2**32 - 1  # block_size is a u32 on the wire
 # fragment size should pass `max_numel=` to the decoders for a tight bound.
 DEFAULT_MAX_NUMEL = 2**32
 
-CODEC_IDS: dict[str, int] = {"fp32": 1, "bf16": 2, "int8": 3, "int4": 4, "e3m0": 5, "sparse": 6}
-CODEC_NAMES: tuple[str, ...] = tuple(CODEC_IDS)
-BLOCKED_CODECS = frozenset({"int8", "int4", "e3m0", "sparse"})
-# sparse: the u32 block_size field holds two u16, chunk size C (low) and values kept per chunk k
-# (high), so a payload alone says how it was made
-MAX_SPARSE_CHUNK = 2**16 - 1
-NIBBLE_CODECS = frozenset({"int4", "e3m0"})
 DTYPE_CODES: dict[torch.dtype, int] = {
     torch.float32: 1,
     torch.bfloat16: 2,
