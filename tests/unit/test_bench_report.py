@@ -449,3 +449,16 @@ def test_report_module_keeps_the_names_the_cli_and_the_bench_runner_call():
 
     assert report.markdown is markdown and report.read_results is read_results
     assert report.write_report is write_report
+
+
+def test_language_cells_show_bits_per_byte_where_measured(results):
+    r = next(x for x in results["runs"] if x["label"] == "DiLoCo H=30 fp32")
+    r["eval_bpb_by_lang"] = {lang: 1.5 + i / 8 for i, lang in enumerate(LANGS)}
+    validate(results)
+    row = table_row(markdown(results), "DiLoCo H=30 fp32")
+    assert row[3:8] == ["4.460 / 1.500", "5.860 / 1.625", "5.160 / 1.750", "4.060 / 1.875",
+                        "5.760 / 2.000"]  # fmt: skip
+    assert " / " not in table_row(markdown(results), "Streaming H=100 4-bit")[3]  # none measured
+    r["eval_bpb_by_lang"] = {LANGS[0]: "x"}
+    with pytest.raises(ValueError, match="eval_bpb_by_lang"):
+        validate(results)

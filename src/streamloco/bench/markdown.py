@@ -127,7 +127,7 @@ def _ddp_row(ddp: dict, m: int, langs: list[str], steps: int) -> list[str]:
         f"**{ddp['label']}**",
         loss_str(ddp["final_eval_loss"]),
         "baseline",
-        *(loss_str(ddp["eval_by_lang"].get(lang), 3) for lang in langs),
+        *(_lang_cell(ddp, lang) for lang in langs),
         human_bytes(bf16 * steps),
         times(1.0),
         times(fp32 / bf16 if bf16 else None),
@@ -137,12 +137,20 @@ def _ddp_row(ddp: dict, m: int, langs: list[str], steps: int) -> list[str]:
     ]
 
 
+def _lang_cell(r: dict, lang: str) -> str:
+    """Nats per token, and bits per byte after a slash where the run measured it (results
+    written before bits per byte existed have none)."""
+    bpb = r.get("eval_bpb_by_lang", {}).get(lang)
+    loss = loss_str(r["eval_by_lang"].get(lang), 3)
+    return loss if bpb is None else f"{loss} / {bpb:.3f}"
+
+
 def _run_row(r: dict, langs: list[str]) -> list[str]:
     return [
         r["label"] + (DERIVED_MARK if r.get("derived_from") else ""),
         loss_str(r["final_eval_loss"]),
         signed_pct(r["loss_gap_vs_ddp"]),
-        *(loss_str(r["eval_by_lang"].get(lang), 3) for lang in langs),
+        *(_lang_cell(r, lang) for lang in langs),
         human_bytes(r["bytes_per_group"]),
         times(r["ratio_vs_ddp_bf16"]),
         times(r["ratio_vs_ddp_fp32"]),
@@ -175,8 +183,10 @@ def _table_notes(results: dict, m: int, ddp: dict | None, runs: list[dict]) -> l
             ]
     return [
         *out,
-        "vs DDP = (loss - DDP loss) / DDP loss; bytes/group = sent + received, mean over "
-        "groups; peak = the most one group sent + received in one sync round.",
+        "vs DDP = (loss - DDP loss) / DDP loss; a language's cell is its eval loss in nats per "
+        "token / in bits per byte (the one to compare across languages); bytes/group = sent + "
+        "received, mean over groups; peak = the most one group sent + received in one sync "
+        "round.",
         "",
     ]
 

@@ -84,6 +84,7 @@ def _record(spec: RunSpec, cfg: Config, res: RunResult) -> dict:
             "derived_from": None,
             "final_eval_loss": res.final_eval_loss,
             "eval_by_lang": dict(res.eval_by_lang),
+            "eval_bpb_by_lang": dict(res.eval_bpb_by_lang),
             "eval_history": history,
             "bytes_per_group": None,
             "peak_sync_bytes": None,

@@ -188,6 +188,7 @@ _RUN = (
     Field("groups", "int", then=_bound(lambda v: v >= 1, "expected at least 1, got {}")),
     Field("final_eval_loss", "number"),
     Field("eval_by_lang", "dict", then=_each("number")),
+    Field("eval_bpb_by_lang", "dict", OPTIONAL, then=_each("number")),
     Field("eval_history", "list", then=_points),
     Field("bytes_per_group", "number", NULLABLE),
     Field("peak_sync_bytes", "number", NULLABLE),
