@@ -24,38 +24,21 @@ from __future__ import annotations
 
 import argparse
 import math
-import statistics
-import time
 
 import numpy as np
 import torch
 import zstandard
 
+# benchmarks/ (scripts run from the repo root)
+from bench_wire_bytes import real_deltas as wire_bytes_deltas
 from streamloco.outer_optim.codecs import make_codec
-from streamloco.outer_optim.fragments import partition
-from streamloco.outer_optim.optimizer import flatten
 from streamloco.outer_optim.sparse import SparseCodec
 from streamloco.outer_optim.wire import sparse_layout
-from streamloco.workers.model import Transformer, model_args
-from streamloco.workers.synthetic import MarkovLanguage, SyntheticStream
+from timing import median_time
 
 
 def real_deltas(steps: int, fragments: int = 4) -> torch.Tensor:
-    torch.manual_seed(0)
-    model = Transformer(model_args("tiny", 256, 128))
-    named = dict(model.named_parameters())
-    plan = partition([(n, p.numel()) for n, p in named.items()], fragments)
-    groups = [[named[n] for n in names] for names in plan.names]
-    start = [flatten(ps) for ps in groups]
-    stream = SyntheticStream(MarkovLanguage(256, 8, seed=0), 8, 128, seed=0, stream=0)
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, betas=(0.9, 0.95), weight_decay=0.1)
-    for _ in range(steps):
-        batch = stream.next()
-        loss = model.loss(batch[:, :-1], batch[:, 1:])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-    return torch.cat([s - flatten(ps) for s, ps in zip(start, groups, strict=True)])
+    return torch.cat(wire_bytes_deltas(steps, fragments))
 
 
 def zstd_size(raw: bytes) -> int:
@@ -101,15 +84,6 @@ def index_sizes(x: torch.Tensor, chunk: int, k: int) -> dict[str, float]:
         "entropy bound": entropy / 8,
     }
     return {name: 8 * size / kept for name, size in out.items()}  # bits per kept position
-
-
-def median_time(fn, repeats: int) -> float:
-    times = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t0)
-    return statistics.median(times)
 
 
 def main() -> None:

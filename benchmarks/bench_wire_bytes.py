@@ -73,7 +73,9 @@ def part_a(fragments: int, block: int, zstd: int) -> None:
     )
 
 
-def part_b(fragments: int, block: int, zstd: int, steps: int) -> None:
+def real_deltas(steps: int, fragments: int) -> list[torch.Tensor]:
+    """Pseudo-gradients of the tiny model (vocab 256) after `steps` AdamW steps, per fragment
+    (also the input of bench_sparse_index.py)."""
     torch.manual_seed(0)
     model = Transformer(model_args("tiny", 256, 128))
     start = [flatten(ps) for ps in fragment_tensors(model, fragments)]
@@ -86,9 +88,13 @@ def part_b(fragments: int, block: int, zstd: int, steps: int) -> None:
         opt.zero_grad()
         loss.backward()
         opt.step()
-    deltas = [
+    return [
         s - flatten(ps) for s, ps in zip(start, fragment_tensors(model, fragments), strict=True)
     ]
+
+
+def part_b(fragments: int, block: int, zstd: int, steps: int) -> None:
+    deltas = real_deltas(steps, fragments)
     print(
         f"\nB. real pseudo-gradients: tiny model (vocab 256), {steps} AdamW steps, "
         f"F={fragments}, block {block}, zstd level {zstd}"
