@@ -48,7 +48,7 @@ test: setup
 	$(VENV)/bin/ruff format --check .
 	$(VENV)/bin/pytest
 
-# Day-to-day: tests/unit without the slow ones; no Ray, no subprocess CLI runs (under 2 min).
+# Day-to-day: tests/unit without the slow ones; no Ray, no subprocess CLI runs (about 4 min).
 test-fast: setup
 	$(VENV)/bin/pytest tests/unit -m "not slow" -q
 
