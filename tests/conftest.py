@@ -22,7 +22,8 @@ def pytest_collection_modifyitems(config, items):
 
 @pytest.fixture(scope="session")
 def local_ray():
-    """A real local Ray instance with 2 logical CPUs, started once per test session."""
+    """A real local Ray instance with 2 logical CPUs and the node label island=local, started
+    once per test session."""
     ray = pytest.importorskip("ray")
     ray.init(
         num_cpus=2,
@@ -30,6 +31,7 @@ def local_ray():
         log_to_driver=False,
         # Every worker process gets one OpenMP thread: two actors on two cores must not fight.
         runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+        labels={"island": "local"},  # a node label groups can be pinned to (cluster.islands)
     )
     yield ray
     ray.shutdown()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 import tomllib
 import typing
 from dataclasses import dataclass, field
@@ -247,6 +248,20 @@ class ClusterConfig:
     start_timeout_s: float = _f(
         300.0, "give up if the cluster cannot reserve the groups' resources within this time"
     )
+    islands: list[str] = _f(  # noqa: RUF009 (_f copies list defaults via default_factory)
+        [],
+        "island of each group, in group order: group g runs only on Ray nodes whose label "
+        '`cluster.island_label` is islands[g]; ["auto"] = one group per island found in the '
+        "cluster (sorted names); [] = anywhere (docs/islands.md)",
+    )
+    island_label: str = _f(
+        "island", "the Ray node label naming a node's island (`ray start --labels island=NAME`)"
+    )
+    share_islands: bool = _f(
+        False,
+        "allow two groups on one island (an island listed twice, or fewer islands than "
+        "train.groups: group g then goes to island g mod their number)",
+    )
 
 
 @dataclass
@@ -473,6 +488,45 @@ def _check(cond: bool, key: str, why: str) -> None:
         raise ValueError(f"{key}: {why}")
 
 
+# Ray's node label syntax (ray/_private/label_utils.py, LABEL_REGEX): a label value, and a key's
+# name part, are at most 63 of [A-Za-z0-9_.-], starting and ending alphanumeric; a key may carry a
+# DNS-style prefix ("example.com/island"). Checked here so a typo fails at load time, not in Ray.
+_LABEL = r"[A-Za-z0-9](?:[A-Za-z0-9_.-]{0,61}[A-Za-z0-9])?"
+_LABEL_KEY = rf"(?:{_LABEL}(?:\.{_LABEL})*/)?{_LABEL}"
+
+
+def _check_islands(cl: ClusterConfig, groups: int) -> None:
+    _check(
+        re.fullmatch(_LABEL_KEY, cl.island_label) is not None,
+        "cluster.island_label",
+        f"{cl.island_label!r} is not a Ray label key ([prefix/]name, name: up to 63 of "
+        "A-Za-z0-9_.- starting and ending alphanumeric)",
+    )
+    isl = cl.islands
+    if isl == ["auto"] or not isl:
+        return
+    for i, name in enumerate(isl):
+        _check(
+            re.fullmatch(_LABEL, name) is not None,
+            f"cluster.islands[{i}]",
+            f"{name!r} is not a Ray label value (up to 63 of A-Za-z0-9_.- starting and ending "
+            "alphanumeric)",
+        )
+        _check(name != "auto", f"cluster.islands[{i}]", '"auto" stands alone: ["auto"]')
+    _check(
+        len(isl) <= groups,
+        "cluster.islands",
+        f"lists {len(isl)} islands for train.groups={groups} groups",
+    )
+    shared = len(isl) < groups or len(set(isl)) < len(isl)
+    _check(
+        cl.share_islands or not shared,
+        "cluster.islands",
+        f"{isl} puts {groups} groups on {len(set(isl))} islands: list one island per group, "
+        "or set cluster.share_islands=true to let groups share one",
+    )
+
+
 def _check_outer_options(o: OuterConfig) -> None:
     """The schedule's rules (H, F, tau) and the codec's (name, block size, zstd level) live in
     their own classes; building them here is how config checks them, naming the key."""
@@ -545,6 +599,7 @@ def validate(cfg: Config) -> None:
         "nccl needs GPUs: set cluster.gpus_per_rank=1 or use gloo",
     )
     _check(cl.start_timeout_s > 0, "cluster.start_timeout_s", "must be > 0")
+    _check_islands(cl, t.groups)
     _check(cfg.run.checkpoint_every >= 0, "run.checkpoint_every", "must be >= 0")
     _check(i.lr > 0, "inner.lr", "must be > 0")
     _check(0 <= i.beta1 < 1 and 0 <= i.beta2 < 1, "inner.beta1/beta2", "must be in [0, 1)")

@@ -254,6 +254,11 @@ class RecordLog:
         self._file.write(_encode(json_lines(rep)))
         self._file.flush()
 
+    def write_lines(self, lines: list[dict]) -> None:
+        """Other records of the run (e.g. where each group runs); each needs `record`, `step`."""
+        self._file.write(_encode(lines))
+        self._file.flush()
+
     def close(self) -> None:
         self._file.close()
 

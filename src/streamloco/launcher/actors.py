@@ -39,8 +39,11 @@ class RankActor:
             torch.cuda.set_device(self.device)
 
     def where(self) -> dict[str, Any]:
+        ctx = ray.get_runtime_context()
         return {
             "node": ray.util.get_node_ip_address(),
+            "node_id": ctx.get_node_id(),
+            "labels": {str(k): str(v) for k, v in ctx.get_node_labels().items()},
             "pid": os.getpid(),
             "device": str(self.device),
             "threads": torch.get_num_threads(),

@@ -22,7 +22,7 @@ import uuid
 from pathlib import Path
 
 from streamloco.config import Config
-from streamloco.launcher import drills
+from streamloco.launcher import drills, islands
 from streamloco.launcher.checkpoint import load_latest
 from streamloco.launcher.cluster import connect
 from streamloco.launcher.console import ProgressView
@@ -80,6 +80,10 @@ def train(
     groups = WorkerGroups()
     try:
         groups.start(cfg, f"{cfg.run.name}-{uuid.uuid4().hex[:8]}")
+        placed = groups.placements()
+        for line in islands.report(placed):
+            print(f"streamloco: {line}", flush=True)
+        log.write_lines([p.record(start) for p in placed])
         if state is not None:
             restore(groups, state)
         elif init is not None:  # every replica starts from the given model

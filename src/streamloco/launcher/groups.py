@@ -4,6 +4,7 @@ round coordinator. Start, replace a dead group in its reserved slots, close ever
 from __future__ import annotations
 
 from streamloco.config import Config
+from streamloco.launcher import islands
 from streamloco.launcher.preflight import LaunchError
 
 
@@ -15,16 +16,18 @@ class WorkerGroups:
         self.pgs: list = []
         self.actors: list[list] = []
         self.generation: list[int] = []  # bumped when a group is replaced
+        self.islands: list[str] | None = None  # each group's island; None = not pinned
 
     def start(self, cfg: Config, run_id: str) -> None:
         """Reserve, start and connect everything; on failure `close` frees what was started."""
         import ray
-        from ray.util.placement_group import placement_group
 
         from streamloco.launcher.ray_transport import create_coordinator
 
         cl, m, k = cfg.cluster, cfg.train.groups, cfg.cluster.ranks_per_group
         self.cfg, self.run_id = cfg, run_id
+        # Before anything starts: every island has a node that can hold its groups.
+        self.islands = islands.assign(cfg, islands.alive_nodes(ray.nodes()))
         bundle = {"CPU": cl.cpus_per_rank} | ({"GPU": cl.gpus_per_rank} if cl.gpus_per_rank else {})
         self.coordinator = create_coordinator(
             f"streamloco-{run_id}",
@@ -32,13 +35,14 @@ class WorkerGroups:
             deadline_s=cfg.transport.round_deadline_s or None,
             min_groups=cfg.train.min_groups,
         )
-        self.pgs = [placement_group([bundle] * k, strategy=cl.placement) for _ in range(m)]
+        self.pgs = [self._reserve(bundle, g) for g in range(m)]
         ready = [pg.ready() for pg in self.pgs]
         done, _ = ray.wait(ready, num_returns=len(ready), timeout=cl.start_timeout_s)
         if len(done) < len(ready):
+            pinned = f" on islands {self.islands}" if self.islands else ""
             raise LaunchError(
                 f"cluster: could not reserve {m} groups x {k} ranks x {bundle} "
-                f"({cl.placement}) within {cl.start_timeout_s:.0f}s; the cluster has "
+                f"({cl.placement}){pinned} within {cl.start_timeout_s:.0f}s; the cluster has "
                 f"{ray.cluster_resources()} in all, {ray.available_resources()} free "
                 "(lower cluster.cpus_per_rank / train.groups, or add nodes)"
             )
@@ -46,6 +50,30 @@ class WorkerGroups:
         self.generation = [0] * m
         setups = [ref for g in range(m) for ref in self._launch(g)]
         ray.get(setups)
+
+    def _reserve(self, bundle: dict, g: int):
+        from ray.util.placement_group import placement_group
+
+        island = self.islands[g] if self.islands else None
+        sel = islands.selectors(self.cfg, island)
+        strategy = self.cfg.cluster.placement
+        k = self.cfg.cluster.ranks_per_group
+        if sel is None:  # not pinned: exactly the call made before islands existed
+            return placement_group([bundle] * k, strategy=strategy)
+        return placement_group([bundle] * k, strategy=strategy, bundle_label_selector=sel)
+
+    def placements(self) -> list[islands.Placement]:
+        """Where every rank of every group runs (asks each actor), checked against the islands."""
+        import ray
+
+        key = self.cfg.cluster.island_label
+        found = []
+        for g, grp in enumerate(self.actors):
+            for r, w in enumerate(ray.get([a.where.remote() for a in grp])):
+                label = w["labels"].get(key)
+                found.append(islands.Placement(g, r, w["node_id"], w["node"], label))
+        islands.check_placements(found, self.islands)
+        return found
 
     def _launch(self, g: int) -> list:
         """Start group g's K actors in its placement group; returns their setup futures."""
