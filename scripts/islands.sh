@@ -6,6 +6,9 @@
 #                           [--cpus 1] [--prefix sli] [--timeout 300]
 #   scripts/islands.sh exec ISLAND -- COMMAND...   run COMMAND in ISLAND's namespace, Ray env set
 #   scripts/islands.sh counters                    bytes each island's link moved (kernel count)
+#   scripts/islands.sh link ISLAND down|up         cut / restore ISLAND's link (partition drill)
+#   scripts/islands.sh rejoin ISLAND               a new Ray node on ISLAND if its raylet has exited
+#   scripts/islands.sh rate RATE[,R2,...]|none     change every link's limit (none: unlimited)
 #   scripts/islands.sh status | down [--prefix sli]
 #
 # up: namespaces PREFIX-hub (a bridge) and PREFIX-NAME per island (10.77.0.1, .2, ... on its
@@ -21,7 +24,7 @@
 set -euo pipefail
 
 die() { echo "islands.sh: $*" >&2; exit 2; }
-usage() { sed -n '2,22s/^# \{0,1\}//p' "$0"; }
+usage() { sed -n '2,25s/^# \{0,1\}//p' "$0"; }
 
 root="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 venv_bin="${ISLANDS_VENV_BIN:-$root/.venv/bin}"
@@ -43,9 +46,18 @@ if [[ "$cmd" == up ]]; then
     n="$1"; shift
 fi
 island=""
-if [[ "$cmd" == exec ]]; then
-    [[ $# -ge 1 ]] || die "exec: name the island (exec a -- COMMAND)"
+state=""
+if [[ "$cmd" == exec || "$cmd" == link || "$cmd" == rejoin ]]; then
+    [[ $# -ge 1 ]] || die "$cmd: name the island ($cmd a ...)"
     island="$1"; shift
+fi
+if [[ "$cmd" == rate ]]; then
+    [[ $# -ge 1 ]] || die "rate: give RATE[,R2,...] or none"
+    rates="$1"; shift
+fi
+if [[ "$cmd" == link ]]; then
+    [[ $# -ge 1 && ( "$1" == up || "$1" == down ) ]] || die "link: say up or down (link a down)"
+    state="$1"; shift
 fi
 while [[ $# -gt 0 ]]; do
     case "$1" in
@@ -136,6 +148,33 @@ ray_env() {  # the environment every Ray process and client of these islands get
         "PATH=$venv_bin:$PATH OMP_NUM_THREADS=1 RAY_USAGE_STATS_ENABLED=0"
 }
 
+start_node() {  # start_node INDEX NAME: the Ray node of island NAME (index 0: the head)
+    local i="$1" nm="$2" env
+    local -a role=(--head --port=6379 --include-dashboard=false)
+    [[ $i == 0 ]] || role=(--address="$subnet.1:6379")
+    env="$(ray_env)"
+    # shellcheck disable=SC2086
+    ip netns exec "$prefix-$nm" env $env "$venv_bin/ray" start "${role[@]}" \
+        --node-ip-address="$subnet.$((i + 1))" --num-cpus="$(cat "$dir/cpus")" --num-gpus=0 \
+        --labels="island=$nm" --temp-dir="$dir/r$i" --object-store-memory=300000000 \
+        --disable-usage-stats >>"$dir/$nm.log" 2>&1 ||
+        { tail -20 "$dir/$nm.log" >&2; die "ray start on island $nm failed"; }
+}
+
+kill_in() {  # kill_in NAMESPACE: SIGTERM its processes, SIGKILL what is left after 10 s
+    local ns="$1" pids t
+    pids="$(ip netns pids "$ns" 2>/dev/null || true)"
+    # shellcheck disable=SC2086
+    [[ -z "$pids" ]] || kill -TERM $pids 2>/dev/null || true
+    for t in $(seq 1 20); do
+        [[ -z "$(ip netns pids "$ns" 2>/dev/null || true)" ]] && return 0
+        sleep 0.5
+    done
+    pids="$(ip netns pids "$ns" 2>/dev/null || true)"
+    # shellcheck disable=SC2086
+    [[ -z "$pids" ]] || kill -KILL $pids 2>/dev/null || true
+}
+
 up() {
     need_root
     [[ "$n" -ge 1 && "$n" -le 50 ]] || die "up: N must be in [1, 50], got $n"
@@ -156,6 +195,7 @@ up() {
     mkdir -p "$dir"
     chmod 700 "$dir"
     printf '%s\n' "${name[@]}" >"$dir/islands"
+    echo "$qdisc" >"$dir/qdisc"
     (umask 077; "$venv_bin/python" -c 'import secrets; print(secrets.token_hex(32))' \
         >"$dir/auth_token")
 
@@ -180,19 +220,9 @@ up() {
 
     local env t0
     env="$(ray_env)"
+    echo "$cpus" >"$dir/cpus"
     t0=$(date +%s)
-    for ((i = 0; i < n; i++)); do
-        local ns="$prefix-${name[$i]}" ip="$subnet.$((i + 1))"
-        local -a role=(--head --port=6379 --include-dashboard=false)
-        [[ $i == 0 ]] || role=(--address="$subnet.1:6379")
-        # shellcheck disable=SC2086
-        ip netns exec "$ns" env $env "$venv_bin/ray" start "${role[@]}" \
-            --node-ip-address="$ip" --num-cpus="$cpus" --num-gpus=0 \
-            --labels="island=${name[$i]}" --temp-dir="$dir/r$i" \
-            --object-store-memory=300000000 \
-            --disable-usage-stats >"$dir/${name[$i]}.log" 2>&1 ||
-            { tail -20 "$dir/${name[$i]}.log" >&2; die "ray start on island ${name[$i]} failed"; }
-    done
+    for ((i = 0; i < n; i++)); do start_node "$i" "${name[$i]}"; done
     # Wait until the head sees all N nodes alive (bounded; under load this takes a while).
     # shellcheck disable=SC2086
     ip netns exec "$prefix-${name[0]}" env $env "$venv_bin/python" - "$n" "$timeout_s" <<'EOF' ||
@@ -232,6 +262,56 @@ case "$cmd" in
         [[ $# -gt 0 ]] || die "exec: give a command after --"
         # shellcheck disable=SC2046
         exec ip netns exec "$prefix-$island" env $(ray_env) "$@"
+        ;;
+    link)
+        need_root
+        i=0
+        for nm in $(island_names); do
+            [[ "$nm" == "$island" ]] && break
+            i=$((i + 1))
+        done
+        [[ "$nm" == "$island" ]] || die "link: no island '$island'"
+        ip -n "$hub" link set "$(hub_if "$i")" "$state"
+        echo "islands.sh: island $island's link is $state"
+        ;;
+    rejoin)
+        need_root
+        i=0
+        for nm in $(island_names); do
+            [[ "$nm" == "$island" ]] && break
+            i=$((i + 1))
+        done
+        [[ "$nm" == "$island" ]] || die "rejoin: no island '$island'"
+        [[ $i != 0 ]] || die "rejoin: $island holds the head; its cluster is gone (down, then up)"
+        # A node that rode out a partition is still in the cluster: leave it be.
+        for pid in $(ip netns pids "$prefix-$island"); do
+            if tr '\0' ' ' <"/proc/$pid/cmdline" 2>/dev/null | grep -q '/raylet '; then
+                echo "islands.sh: island $island's Ray node is still running (pid $pid): nothing to do"
+                exit 0
+            fi
+        done
+        # Ray never takes back a node it declared dead: stop what is left, start a new node.
+        kill_in "$prefix-$island"
+        start_node "$i" "$island"
+        echo "islands.sh: island $island has a new Ray node"
+        ;;
+    rate)
+        need_root
+        qdisc="$(cat "$dir/qdisc")"
+        IFS=, read -r -a rate <<<"$rates"
+        i=0
+        for nm in $(island_names); do
+            r="${rate[0]}"
+            [[ "${#rate[@]}" == 1 ]] || r="${rate[$i]:?rate: one rate per island, or one for all}"
+            ip netns exec "$prefix-$nm" tc qdisc del dev eth0 root 2>/dev/null || true
+            ip netns exec "$hub" tc qdisc del dev "$(hub_if "$i")" root 2>/dev/null || true
+            if [[ "$r" != none ]]; then
+                shape "$prefix-$nm" eth0 "$r"
+                shape "$hub" "$(hub_if "$i")" "$r"
+            fi
+            echo "islands.sh: island $nm's link: ${r/none/unlimited}"
+            i=$((i + 1))
+        done
         ;;
     counters)
         need_root

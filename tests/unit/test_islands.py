@@ -169,3 +169,20 @@ def test_placements_are_checked_reported_and_recorded():
         "address": "10.77.0.2",
         "island": "south",
     }
+
+
+def test_state_digest_is_equal_exactly_when_the_states_are_bit_identical():
+    import torch
+
+    g = torch.Generator().manual_seed(0)
+    a = {"w": torch.randn(3, 4, generator=g), "b": torch.zeros(4), "s": torch.tensor(2.0)}
+    same = {k: v.clone() for k, v in reversed(a.items())}  # order of the dict does not matter
+    assert islands.state_digest(a) == islands.state_digest(same)
+    for name, changed in [
+        ("one bit", {**a, "w": a["w"].view(torch.int32).add(1).view(torch.float32)}),
+        ("-0.0", {**a, "b": -a["b"]}),  # torch.equal would call these equal; the bits differ
+        ("dtype", {**a, "b": a["b"].double()}),
+        ("shape", {**a, "w": a["w"].reshape(4, 3)}),
+        ("name", {"w2": a["w"], "b": a["b"], "s": a["s"]}),
+    ]:
+        assert islands.state_digest(changed) != islands.state_digest(a), name

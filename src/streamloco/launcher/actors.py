@@ -89,8 +89,14 @@ class RankActor:
     def train(self, until: int):
         return self.trainer.train(until)
 
-    def state_dict(self):
-        return self.trainer.state_dict()
+    def state_dict(self, engine: bool = True):
+        """This rank's checkpoint part; engine=False leaves out the engine state (global
+        parameters and outer state), which is equal on every group: the driver takes it from one
+        group only, and the others' copies need not cross their links."""
+        out = self.trainer.state_dict()  # computed anyway: a collective for K > 1
+        if not engine:
+            out.pop("engine", None)
+        return out
 
     def load_state_dict(self, step: int, group, engine, rank) -> None:
         self.trainer.load_state_dict(step, group, engine, rank)
@@ -106,6 +112,13 @@ class RankActor:
 
     def global_state(self):
         return self.trainer.global_state()
+
+    def global_digest(self) -> str:
+        """A digest of the global parameters: what the end-of-run check compares, instead of
+        moving every group's full parameters to the driver."""
+        from streamloco.launcher.islands import state_digest
+
+        return state_digest(self.trainer.global_state())
 
 
 RemoteRankActor = ray.remote(RankActor)

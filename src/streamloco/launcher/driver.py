@@ -112,8 +112,7 @@ def train(
         driver.drills = list(faults)
         driver.run()
         result = collector.finish(time.perf_counter() - t0)
-        for g, grp in enumerate(groups.actors):
-            result.groups[g].global_state = ray.get(grp[0].global_state.remote())
+        _fetch_globals(groups, result)
         return result
     finally:
         sink.close()
@@ -121,6 +120,20 @@ def train(
         groups.close()
         if started:
             ray.shutdown()
+
+
+def _fetch_globals(groups: WorkerGroups, result: RunResult) -> None:
+    """Every group's global parameters for the end-of-run check, moving one copy: group 0's
+    parameters, and the others' digests. A group whose digest matches holds bit-identical
+    parameters, so it gets group 0's tensors; one that differs is fetched in full (to be seen)."""
+    import ray
+
+    ranks0 = [grp[0] for grp in groups.actors]
+    digests = ray.get([a.global_digest.remote() for a in ranks0])
+    ref = ray.get(ranks0[0].global_state.remote())
+    for g, actor in enumerate(ranks0):
+        same = digests[g] == digests[0]
+        result.groups[g].global_state = ref if same else ray.get(actor.global_state.remote())
 
 
 def _hparams(cfg: Config) -> dict:
@@ -163,8 +176,8 @@ class _Driver:
         gen = self.groups.generation[g]
         for r, actor in enumerate(self.groups.actors[g]):
             self.pending[actor.train.remote(stop)] = ("train", g, r, stop, gen)
-            if stop in self.plan.checkpoints:
-                self.pending[actor.state_dict.remote()] = ("state", g, r, stop, gen)
+            if stop in self.plan.checkpoints:  # the engine state from group 0 only
+                self.pending[actor.state_dict.remote(g == 0)] = ("state", g, r, stop, gen)
         self.queued[g] = stop
 
     def run(self) -> None:

@@ -34,6 +34,7 @@ class WorkerGroups:
             m,
             deadline_s=cfg.transport.round_deadline_s or None,
             min_groups=cfg.train.min_groups,
+            node_id=ray.get_runtime_context().get_node_id(),  # with the driver, not an island
         )
         self.pgs = [self._reserve(bundle, g) for g in range(m)]
         ready = [pg.ready() for pg in self.pgs]

@@ -14,8 +14,12 @@ config, so it is tested without Ray.
 
 from __future__ import annotations
 
+import hashlib
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass
+
+import torch
 
 from streamloco.config import Config
 from streamloco.launcher.preflight import LaunchError
@@ -175,3 +179,15 @@ def check_placements(placements: list[Placement], islands: list[str] | None) -> 
             "cluster.islands: Ray placed "
             + "; ".join(f"{p.line()} (wanted {islands[p.group]})" for p in wrong)
         )
+
+
+def state_digest(state: Mapping[str, torch.Tensor]) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes, in name order: equal digests mean
+    bit-identical states (what the end-of-run check needs, in 64 characters instead of the
+    parameters)."""
+    h = hashlib.sha256()
+    for name in sorted(state):
+        t = state[name].detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()

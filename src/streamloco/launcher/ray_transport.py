@@ -252,13 +252,23 @@ def create_coordinator(
     namespace: str | None = None,
     deadline_s: float | None = None,
     min_groups: int = 1,
+    node_id: str | None = None,
 ):
     """Start the named coordinator actor for `num_groups` groups; returns its handle once it
-    answers, so that the first round's timeouts do not include the actor's start."""
+    answers, so that the first round's timeouts do not include the actor's start.
+
+    `node_id`: the node it must run on (the driver's). Left to itself, Ray may put this 0-CPU
+    actor on any node, e.g. a remote island's: when that island's link fails, the whole run
+    loses its coordinator (seen in the partition drill, docs/islands.md)."""
     if num_groups < 1:
         raise ValueError(f"coordinator: num_groups must be >= 1, got {num_groups}")
+    opts: dict = {}
+    if node_id is not None:
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
+
+        opts["scheduling_strategy"] = NodeAffinitySchedulingStrategy(node_id, soft=False)
     handle = _CoordinatorActor.options(
-        name=name, namespace=namespace, max_concurrency=MAX_CONCURRENCY
+        name=name, namespace=namespace, max_concurrency=MAX_CONCURRENCY, **opts
     ).remote(num_groups, deadline_s, min_groups)
     ray.get(handle.rounds_open.remote())
     return handle
