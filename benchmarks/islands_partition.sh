@@ -3,7 +3,9 @@
 # on island a and group 1 on b; once the run has trained AFTER_S seconds, island b's link goes down
 # for DOWN_S seconds, then comes back. Prints the run's console, what the cluster saw, and the
 # kernel byte counts; always tears the islands down. --rejoin: once the link is back, start a new
-# Ray node on island b (Ray never takes back a node it declared dead), as an operator would.
+# Ray node on island b if Ray declared the old one dead (it never takes such a node back), as an
+# operator would. Ray's health check settings can be passed in the environment, e.g.
+# RAY_health_check_failure_threshold=40 (the head reads them when it starts).
 #
 #   benchmarks/islands_partition.sh [--deadline S] [--down S] [--after S] [--steps N] [--rejoin]
 #                                   [-- train args]
@@ -44,8 +46,13 @@ sleep "$down_s"
 "$isl" link b up --prefix "$prefix"
 echo "t=$(( $(date +%s) - t0 ))s: island b's link up again"
 if [[ -n "$rejoin" ]]; then
-    "$isl" rejoin b --prefix "$prefix"
-    echo "t=$(( $(date +%s) - t0 ))s: island b rejoined with a new Ray node"
+    # A raylet that Ray declared dead exits only once it hears so, after the link is back.
+    for _ in $(seq 1 15); do
+        sleep 3
+        out="$("$isl" rejoin b --prefix "$prefix")"
+        [[ "$out" == *"still running"* ]] || break
+    done
+    echo "t=$(( $(date +%s) - t0 ))s: $out"
 fi
 rc=0
 wait "$train_pid" || rc=$?

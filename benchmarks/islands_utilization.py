@@ -9,9 +9,10 @@ a run with no limit at all (the model's definition; `streamloco bench` divides b
 instead, which here would also charge the end-of-run checkpoint gather, slow on a real link and
 instant on a simulated one: that time is printed apart, as "tail s"). The model takes the same
 step time, the payload sizes and the bandwidth (latency 0: netem does not exist here, so the real
-link adds none either). Each cell is the median of --repeats runs. Also printed: the kernel's
-bytes on island b's link per real run (whole run: start-up, checkpoint and final check included)
-and the engine's (the group on b: sent + received).
+link adds none either), once as the simulated link works (up, then down, on one link) and once
+full duplex (up and down at once, as a real link). Each cell is the median of --repeats runs.
+Also printed: the kernel's bytes on island b's link per real run (whole run: start-up,
+checkpoint and final check included) and the engine's (the group on b: sent + received).
 
 Run from the host (it brings the islands up and always tears them down):
     .venv/bin/python benchmarks/islands_utilization.py --mbps 10,25,100 --repeats 1
@@ -138,8 +139,13 @@ def main() -> None:
                 real = runs(f"real{mbps:g}", 0.0, step_s)
                 sh("rate", "none", "--prefix", PREFIX)
                 sim = runs(f"sim{mbps:g}", mbps, step_s)
-                model = U.simulate(
-                    pattern, groups=2, steps=steps, step_s=step_s, link=LinkModel.from_mbps(mbps, 0)
+                link = LinkModel.from_mbps(mbps, 0)
+                model = U.simulate(pattern, groups=2, steps=steps, step_s=step_s, link=link)
+                # A real link is full duplex: the payload going up and the one coming down share
+                # no time slot. At M=2 that is the model's "ring" accounting (one transfer of
+                # one payload per round), where the simulated link queues up, then down.
+                duplex = U.simulate(
+                    pattern, groups=2, steps=steps, step_s=step_s, link=link, collective="ring"
                 )
                 row = {
                     "variant": name,
@@ -148,6 +154,7 @@ def main() -> None:
                     "real": statistics.median(r["util"] for r in real),
                     "sim": statistics.median(r["util"] for r in sim),
                     "model": model.utilization,
+                    "model_duplex": duplex.utilization,
                     "tail_real": statistics.median(r["tail_s"] for r in real),
                     "tail_sim": statistics.median(r["tail_s"] for r in sim),
                     "kernel_mb": statistics.median(r["kernel_b"] for r in real) / 1e6,
@@ -158,14 +165,15 @@ def main() -> None:
     finally:
         sh("down", "--prefix", PREFIX)
     print(
-        "\n| variant | s/step | Mbit/s | real link | simulated link | model | tail s real / sim "
-        "| kernel MB (b, real) | engine MB (b) |"
+        "\n| variant | s/step | Mbit/s | real link | simulated link | model | model, full duplex "
+        "| tail s real / sim | kernel MB (b, real) | engine MB (b) |"
     )
-    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    print("| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for r in rows:
         print(
             f"| {r['variant']} | {r['step_s']:.3f} | {r['mbps']:g} | {r['real']:.1%} | "
-            f"{r['sim']:.1%} | {r['model']:.1%} | {r['tail_real']:.1f} / {r['tail_sim']:.1f} | "
+            f"{r['sim']:.1%} | {r['model']:.1%} | {r['model_duplex']:.1%} | "
+            f"{r['tail_real']:.1f} / {r['tail_sim']:.1f} | "
             f"{r['kernel_mb']:.2f} | {r['engine_mb']:.2f} |"
         )
 

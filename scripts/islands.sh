@@ -186,6 +186,10 @@ up() {
         name=(); for ((i = 0; i < n; i++)); do name+=("$(printf "\\x$(printf %x $((97 + i)))")"); done
     fi
     [[ "${#name[@]}" == "$n" ]] || die "--names: ${#name[@]} names for $n islands"
+    for nm in "${name[@]}"; do  # a namespace name and a Ray label value
+        [[ "$nm" =~ ^[a-z0-9]([a-z0-9-]{0,10}[a-z0-9])?$ ]] ||
+            die "--names: '$nm' is not 1-12 of a-z0-9- (starting and ending with a letter/digit)"
+    done
     IFS=, read -r -a rate <<<"$rates"
     [[ "${#rate[@]}" == 1 || "${#rate[@]}" == "$n" ]] ||
         die "--rate: give one rate, or one per island ($n), got ${#rate[@]}"
