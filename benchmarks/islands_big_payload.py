@@ -6,6 +6,7 @@ bytes on b's link during the fetch against the object's size (a retried transfer
 a ratio well above 1), and what Ray logged about pulls. Always tears the islands down.
 
     .venv/bin/python benchmarks/islands_big_payload.py --rate 2500kbit --mb 40
+    RAY_object_manager_pull_timeout_ms=60000 .venv/bin/python benchmarks/islands_big_payload.py
 """
 
 from __future__ import annotations
@@ -50,7 +51,9 @@ FETCH = textwrap.dedent(
 
 
 def sh(*args: str, timeout: float = 3600) -> str:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    # RAY_ADDRESS, RAY_AUTH_* of this shell stay out; Ray's system settings (RAY_ and a lower-case
+    # name, e.g. RAY_object_manager_pull_timeout_ms=60000) go to every node `up` starts.
+    env = {k: v for k, v in os.environ.items() if not (k.startswith("RAY_") and k[4:5].isupper())}
     r = subprocess.run([str(ISL), *args], capture_output=True, text=True, timeout=timeout, env=env)
     if r.returncode != 0:
         raise RuntimeError(f"islands.sh {' '.join(args)} failed:\n{r.stdout}\n{r.stderr}")

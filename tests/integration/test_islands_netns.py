@@ -67,8 +67,8 @@ def _script(*args: str, timeout: float) -> subprocess.CompletedProcess:
 
 
 class Islands:
-    def __init__(self, n: int, rate: str) -> None:
-        self.prefix = f"t{os.getpid() % 100000}"
+    def __init__(self, n: int, rate: str, tag: str) -> None:
+        self.prefix = f"{tag}{os.getpid() % 100000}"  # one per set: two may be up at once
         self.n, self.rate = n, rate
 
     def up(self) -> str:
@@ -116,7 +116,7 @@ def two_islands():
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    isl = Islands(2, "25mbit")
+    isl = Islands(2, "25mbit", "t")
     try:
         isl.up()
         yield isl
@@ -174,7 +174,7 @@ def test_three_islands_one_group_each():
     reason = _skip_reason()
     if reason:
         pytest.skip(reason)
-    isl = Islands(3, "25mbit,25mbit,2500kbit")  # island c: a tenth of the others' bandwidth
+    isl = Islands(3, "25mbit,25mbit,2500kbit", "u")  # island c: a tenth of the others' bandwidth
     try:
         out = isl.up()
         assert "island c: 10.77.0.3, link 2500kbit (tbf)" in out, out
