@@ -120,6 +120,15 @@ island_names() {
     if [[ -f "$dir/islands" ]]; then cat "$dir/islands"; else die "no islands up ($dir/islands)"; fi
 }
 
+island_index() {  # island_index NAME CMD: NAME's position in the island list (0: the head)
+    local i=0 nm
+    for nm in $(island_names); do
+        [[ "$nm" == "$1" ]] && { echo "$i"; return 0; }
+        i=$((i + 1))
+    done
+    die "$2: no island '$1'"
+}
+
 shape() {  # shape NAMESPACE DEV RATE: limit DEV's egress to RATE
     local ns="$1" dev="$2" rate="$3" bytes burst
     bytes="$("$venv_bin/python" - "$rate" <<'EOF'
@@ -269,23 +278,13 @@ case "$cmd" in
         ;;
     link)
         need_root
-        i=0
-        for nm in $(island_names); do
-            [[ "$nm" == "$island" ]] && break
-            i=$((i + 1))
-        done
-        [[ "$nm" == "$island" ]] || die "link: no island '$island'"
+        i="$(island_index "$island" link)" || exit 2
         ip -n "$hub" link set "$(hub_if "$i")" "$state"
         echo "islands.sh: island $island's link is $state"
         ;;
     rejoin)
         need_root
-        i=0
-        for nm in $(island_names); do
-            [[ "$nm" == "$island" ]] && break
-            i=$((i + 1))
-        done
-        [[ "$nm" == "$island" ]] || die "rejoin: no island '$island'"
+        i="$(island_index "$island" rejoin)" || exit 2
         [[ $i != 0 ]] || die "rejoin: $island holds the head; its cluster is gone (down, then up)"
         # A node that rode out a partition is still in the cluster: leave it be.
         for pid in $(ip netns pids "$prefix-$island"); do
