@@ -68,7 +68,9 @@ class EvalRecord:
         return bits_per_byte(self.loss_by_lang, self.bytes_per_token)
 
 
-def bits_per_byte(loss_by_lang: dict[str, float], bytes_per_token: dict[str, float]) -> dict:
+def bits_per_byte(
+    loss_by_lang: dict[str, float], bytes_per_token: dict[str, float]
+) -> dict[str, float]:
     """loss (nats per token) / (bytes per token * ln 2), for the languages with a byte count."""
     return {
         lang: loss / (bytes_per_token[lang] * math.log(2))
