@@ -33,6 +33,14 @@ def _f(default: Any, doc: str) -> Any:
 # multiple of mlp_multiple_of). Parameter counts with tied embeddings at the reference vocab.
 MODEL_SIZES: dict[str, dict[str, int]] = {
     # 1,058,016 params at vocab 4096 (664,800 non-embedding); head dim 24.
+    # The quality bench (configs/bench/quality.toml) trains nano and sweeps pico, nano, micro:
+    # at 2 cores a size is affordable only if 20 tokens per parameter take minutes, not hours.
+    # 119,072 params at vocab 2048 (53,536 non-embedding); head dim 16.
+    "pico": dict(d_model=32, n_layers=4, n_heads=2, mlp_multiple_of=32),
+    # 209,328 params at vocab 2048 (111,024 non-embedding); head dim 12.
+    "nano": dict(d_model=48, n_layers=4, n_heads=4, mlp_multiple_of=32),
+    # 344,640 params at vocab 2048 (213,568 non-embedding); head dim 16.
+    "micro": dict(d_model=64, n_layers=4, n_heads=4, mlp_multiple_of=32),
     "tiny": dict(d_model=96, n_layers=6, n_heads=4, mlp_multiple_of=32),
     # 36,837,888 params at vocab 32000 (20,453,888 non-embedding).
     "35m": dict(d_model=512, n_layers=6, n_heads=8, mlp_multiple_of=256),
@@ -45,7 +53,7 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
 
 @dataclass
 class ModelConfig:
-    size: str = _f("tiny", "named model size: tiny, 35m, 124m, 1b (see workers/model.py)")
+    size: str = _f("tiny", "named model size: pico, nano, micro, tiny, 35m, 124m, 1b (see workers/model.py)")
     vocab_size: int = _f(64, "vocabulary size (the tokenizer's, or the synthetic task's)")
     seq_len: int = _f(64, "training context length in tokens")
     tie_embeddings: bool = _f(True, "share the input embedding and output head weights")

@@ -52,7 +52,8 @@ def test_every_preset_plans_runs_at_equal_tokens(path, repo_root, tmp_path):
             assert c.outer.fragments >= 2 and c.outer.overlap == bench.overlap
             assert c.outer.codec == "e3m0" and spec.without_zstd is not None
             assert not c.outer.error_feedback
-    assert {s.groups for s in specs if s.method != "ddp"} == set(bench.groups)
+    single = {1} if bench.single_group else set()
+    assert {s.groups for s in specs if s.method != "ddp"} == set(bench.groups) | single
 
 
 def test_bench_config_errors_name_the_key(repo_root, tmp_path):
@@ -70,6 +71,11 @@ def test_bench_config_errors_name_the_key(repo_root, tmp_path):
         "[bench]\n[train]\nsteps = -1\n": "train.steps",
         "[bench]\nsparse_topk = 0\n": "bench.sparse_topk",
         "[bench]\nsparse_error_decay = 0\n": "bench.sparse_error_decay",
+        "[bench]\nsweep_sizes = ['huge']\n": "bench.sweep_sizes: 'huge' is not one of",
+        "[bench]\nsweep_sizes = ['nano']\ngroups = [4]\nmax_gap = {'4' = 0.02}\n": (
+            "bench.sweep_sizes: the sweep compares at M=2"
+        ),
+        "[bench]\nmax_gap_vs_fp32 = 1.5\n": "bench.max_gap_vs_fp32",
     }
     for text, message in cases.items():
         with pytest.raises(ValueError, match=message.replace(".", r"\.")):
@@ -90,7 +96,7 @@ def test_bench_command_line_errors(repo_root, tmp_path, capsys):
     from streamloco.cli import main
 
     assert main(["bench", "--preset", "nope"]) == 2
-    assert "presets: default, gpu, quick" in capsys.readouterr().err
+    assert "presets: default, gpu, quality, quick" in capsys.readouterr().err
     assert main(["bench", "--preset", "quick", "--config", "x.toml"]) == 2
     assert "not both" in capsys.readouterr().err
     assert main(["bench", "--report-only", str(tmp_path)]) == 2
@@ -194,3 +200,94 @@ def test_eval_batch_size_fixes_the_held_out_set():
     a, b = (s.eval_sets["synthetic"] for s in sets)
     assert len(a) == len(b) and all(torch.equal(x, y) for x, y in zip(a, b, strict=True))
     assert a[0].shape[0] == 4
+
+
+def test_quality_plan_has_one_group_diloco_and_a_size_sweep(repo_root):
+    """The quality preset: DiLoCo M=1 on the whole batch, >= 150 outer rounds at its H, >= 20
+    tokens per parameter, and a sweep that reuses the base size's runs."""
+    from streamloco.bench.spec import plan_sweep
+    from streamloco.workers.model import model_args, param_count
+
+    bench, cfg, _ = load_bench(ROOT / "configs" / "bench" / "quality.toml")
+    specs = {s.id: s for s in plan_runs(bench, cfg)}
+    m1 = specs[f"m1-diloco-h{bench.diloco_sync_every}"]
+    assert m1.changes["train.groups"] == 1
+    assert m1.changes["train.batch_size"] == bench.global_batch
+    assert cfg.train.steps // bench.diloco_sync_every >= 150
+    tokens = cfg.train.steps * bench.global_batch * cfg.model.seq_len
+    params = param_count(model_args(cfg.model.size, cfg.model.vocab_size, cfg.model.seq_len))
+    assert tokens / params >= 20
+
+    sweep = plan_sweep(bench, cfg)
+    assert cfg.model.size in bench.sweep_sizes and cfg.model.size not in sweep
+    for size, pair in sweep.items():
+        assert [s.method for s in pair] == ["ddp", "streaming"]
+        assert all(
+            s.changes["model.size"] == size and s.id.startswith(f"sweep-{size}-") for s in pair
+        )
+        assert pair[1].changes["train.groups"] == 2
+        assert pair[1].changes["outer.sync_every"] == bench.diloco_sync_every
+
+
+def test_one_group_and_fp32_targets():
+    """DiLoCo M=1 against DDP (no worse), and Streaming 4-bit against fp32 DiLoCo at its M."""
+    from streamloco.bench.run import targets
+    from streamloco.bench.spec import BenchConfig
+
+    def row(method, m, loss, **kw):
+        return {
+            "label": f"{method} M={m}",
+            "method": method,
+            "groups": m,
+            "final_eval_loss": loss,
+            "loss_gap_vs_ddp": loss / 4.0 - 1,
+            "H": 30,
+            "zstd": False,
+            "ratio_vs_ddp_bf16": 500.0,
+        } | kw
+
+    ddp = row("ddp", 1, 4.0)
+    rows = [
+        ddp,
+        row("diloco", 1, 3.99),
+        row("diloco", 2, 4.1),
+        row("streaming", 2, 4.11),  # +0.24% of fp32 DiLoCo: met
+        row("streaming", 2, 4.11, zstd=True),  # the zstd twin is not judged on loss again
+        row("streaming", 2, 4.2, H=100),  # +2.4%: missed
+    ]
+    bench = BenchConfig(
+        groups=[2], streaming_sync_every=[30, 100], single_group=True, max_gap_vs_fp32=0.005
+    )
+    found = targets(rows, bench)
+    m1 = [t for t in found if "M=1" in t["what"]]
+    assert len(m1) == 1 and m1[0]["met"] and m1[0]["value"] == pytest.approx(-0.0025)
+    fp32 = [t for t in found if "within 0.5% of diloco M=2" in t["what"]]
+    assert [t["met"] for t in fp32] == [True, False]
+    assert fp32[1]["value"] == pytest.approx(4.2 / 4.1 - 1)
+    # a worse M=1 run misses; without the options there are no such targets
+    rows[1] = row("diloco", 1, 4.01)
+    assert not next(t for t in targets(rows, bench) if "M=1" in t["what"])["met"]
+    plain = BenchConfig(groups=[2], streaming_sync_every=[30, 100])
+    assert not [t for t in targets(rows, plain) if "M=1" in t["what"] or "0.5%" in t["what"]]
+
+
+def test_sweep_point_of_the_base_size_comes_from_the_main_table(repo_root, tmp_path):
+    """With only the base size in the sweep nothing trains: its pair is the main table's."""
+    from streamloco.bench.run import sweep_runs
+    from streamloco.workers.model import model_args, param_count
+
+    bench, cfg, base = load_bench(ROOT / "configs" / "bench" / "quality.toml")
+    bench.sweep_sizes = [cfg.model.size]
+    rows = [
+        {"method": "ddp", "groups": 1, "H": None, "final_eval_loss": 4.0, "label": "DDP"},
+        {"method": "streaming", "groups": 4, "H": 30, "final_eval_loss": 9.0, "label": "x"},
+        {"method": "streaming", "groups": 2, "H": 100, "final_eval_loss": 9.0, "label": "y"},
+        {"method": "streaming", "groups": 2, "H": 30, "final_eval_loss": 4.1, "label": "S30"},
+    ]
+    sweep = sweep_runs(bench, cfg, base, tmp_path, rows, progress=False)
+    (point,) = sweep["points"]
+    params = param_count(model_args(cfg.model.size, cfg.model.vocab_size, cfg.model.seq_len))
+    assert point["params"] == params and point["streaming_label"] == "S30"
+    assert point["gap"] == pytest.approx(4.1 / 4.0 - 1)
+    assert point["tokens_per_param"] == pytest.approx(sweep["tokens"] / params)
+    assert not (tmp_path / "runs").exists()

@@ -462,3 +462,38 @@ def test_language_cells_show_bits_per_byte_where_measured(results):
     r["eval_bpb_by_lang"] = {LANGS[0]: "x"}
     with pytest.raises(ValueError, match="eval_bpb_by_lang"):
         validate(results)
+
+
+def test_size_sweep_section_and_plot(results, tmp_path):
+    results["sweep"] = {
+        "groups": 2,
+        "H": 30,
+        "tokens": 4_608_000,
+        "points": [
+            {
+                "size": s,
+                "params": p,
+                "tokens_per_param": 4_608_000 / p,
+                "ddp_loss": d,
+                "streaming_loss": st,
+                "gap": st / d - 1,
+                "streaming_label": "Streaming H=30 4-bit",
+            }
+            for s, p, d, st in (("nano", 209_328, 4.5, 4.59), ("pico", 119_072, 4.9, 5.0))
+        ],
+    }
+    out = tmp_path / "bench"
+    names = [p.name for p in write_report(results, out)]
+    assert "sweep.png" in names
+    w, h = png_size(out / "sweep.png")
+    assert 400 <= w <= 3000 and 300 <= h <= 1500
+    md = (out / "results.md").read_text()
+    assert "## The gap against model size" in md and "](sweep.png)" in md
+    assert table_row(md, "nano")[1:] == ["209,328", "22.0", "4.5000", "4.5900", "+2.00%"]
+    assert table_row(md, "pico")[5] == "+2.04%"
+    results["sweep"]["points"][0]["params"] = -1
+    with pytest.raises(ValueError, match=r"sweep\.points\[0\]\.params"):
+        write_report(results, out)
+    del results["sweep"]
+    write_report(results, out)
+    assert not (out / "sweep.png").exists()  # a stale plot goes with its section

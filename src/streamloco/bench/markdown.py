@@ -64,6 +64,7 @@ def markdown(results: dict, images: dict[str, str] | None = None) -> str:
         if name in images:
             out += [f"![{title}]({images.pop(name)})", ""]
     out += _targets(results)
+    out += _sweep(results, images.pop("sweep", None))
     out += _utilization(results, images.pop("utilization", None))
     out += _extrapolation(results)
     if images:  # plots this report has no section for
@@ -200,6 +201,41 @@ def _targets(results: dict) -> list[str]:
         mark = {True: "✅ met", False: "❌ missed", None: "… not evaluated"}[t["met"]]
         out.append(f"- {mark}: {t['what']} (value {num(t['value'])}, target {num(t['target'])})")
     return [*out, ""]
+
+
+def _sweep(results: dict, image: str | None) -> list[str]:
+    """DDP vs Streaming at M groups, per model size, same tokens: does the gap shrink?"""
+    sweep = results.get("sweep") or {}
+    points = sweep.get("points") or []
+    if not points:
+        return []
+    out = [
+        "## The gap against model size",
+        "",
+        f"DDP against {points[0]['streaming_label']} at M = {sweep['groups']}, every size on the "
+        f"same {sweep['tokens']:,} tokens (so tokens per parameter fall as the model grows).",
+        "",
+    ]
+    body = [
+        [
+            p["size"],
+            f"{p['params']:,}",
+            f"{p['tokens_per_param']:.1f}",
+            loss_str(p["ddp_loss"]),
+            loss_str(p["streaming_loss"]),
+            signed_pct(p["gap"]),
+        ]
+        for p in points
+    ]
+    out += _table(
+        ["size", "parameters", "tokens/param", "DDP", "Streaming", "gap"],
+        body,
+        ["l", "r", "r", "r", "r", "r"],
+    )
+    out.append("")
+    if image:
+        out += [f"![The gap against model size]({image})", ""]
+    return out
 
 
 def _utilization(results: dict, image: str | None) -> list[str]:

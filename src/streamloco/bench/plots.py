@@ -173,3 +173,27 @@ def plot_utilization(results: dict) -> bytes:
     ]
     ax.legend(handles=handles, fontsize="small", loc="best")
     return _png(fig)
+
+
+def plot_sweep(results: dict) -> bytes:
+    """PNG: the size sweep's gap (Streaming vs DDP eval loss, %) against parameters, log x."""
+    sweep = results["sweep"]
+    points = sorted(sweep["points"], key=lambda p: p["params"])
+    fig, (ax,) = _figure(1)
+    xs = [p["params"] for p in points]
+    ax.plot(xs, [100 * p["gap"] for p in points], marker="o", color="tab:blue")
+    for p in points:
+        ax.annotate(
+            p["size"],
+            (p["params"], 100 * p["gap"]),
+            textcoords="offset points",
+            xytext=(4, 4),
+            fontsize=8,
+        )
+    ax.axhline(0.0, color="black", linewidth=0.8)
+    ax.set_xscale("log")
+    ax.set_xlabel("parameters")
+    ax.set_ylabel("eval loss gap vs DDP (%)")
+    ax.set_title(f"{points[0]['streaming_label']}, M = {sweep['groups']}, equal tokens")
+    ax.grid(True, alpha=0.3)
+    return _png(fig)

@@ -16,7 +16,12 @@ from pathlib import Path
 
 from streamloco.atomic import atomic_write_bytes
 from streamloco.bench.markdown import markdown
-from streamloco.bench.plots import plot_loss_vs_bytes, plot_loss_vs_tokens, plot_utilization
+from streamloco.bench.plots import (
+    plot_loss_vs_bytes,
+    plot_loss_vs_tokens,
+    plot_sweep,
+    plot_utilization,
+)
 from streamloco.bench.schema import read_results, validate
 
 __all__ = ["PLOT_FILES", "REPORT_MD", "markdown", "read_results", "write_report"]
@@ -26,6 +31,7 @@ PLOT_FILES = {
     "loss_vs_tokens": "loss_vs_tokens.png",
     "loss_vs_bytes": "loss_vs_bytes.png",
     "utilization": "utilization.png",
+    "sweep": "sweep.png",
 }
 
 
@@ -33,8 +39,8 @@ def write_report(results: dict, out_dir: Path) -> list[Path]:
     """Write results.md and the plots into `out_dir`; return the written paths (results.md first).
 
     Validates first (ValueError, nothing written). Plots are written before results.md, every file
-    atomically. Without utilization rows, a utilization.png left by an earlier report is removed so
-    the directory never shows a plot the report does not describe.
+    atomically. Without utilization rows (or sweep points), a utilization.png (sweep.png) left by an
+    earlier report is removed so the directory never shows a plot the report does not describe.
     """
     validate(results)
     out_dir = Path(out_dir)
@@ -43,10 +49,15 @@ def write_report(results: dict, out_dir: Path) -> list[Path]:
         "loss_vs_tokens": plot_loss_vs_tokens,
         "loss_vs_bytes": plot_loss_vs_bytes,
     }
-    if (results.get("utilization") or {}).get("rows"):
-        plots["utilization"] = plot_utilization
-    else:
-        (out_dir / PLOT_FILES["utilization"]).unlink(missing_ok=True)
+    # an optional section's plot: drawn when it has rows, else an old one is removed
+    for name, plot, section, key in (
+        ("utilization", plot_utilization, "utilization", "rows"),
+        ("sweep", plot_sweep, "sweep", "points"),
+    ):
+        if (results.get(section) or {}).get(key):
+            plots[name] = plot
+        else:
+            (out_dir / PLOT_FILES[name]).unlink(missing_ok=True)
     written: list[Path] = []
     for name, plot in plots.items():
         path = out_dir / PLOT_FILES[name]

@@ -22,6 +22,7 @@ from streamloco.bench.spec import (
     BenchConfig,
     RunSpec,
     plan_runs,
+    plan_sweep,
     run_config,
     streaming_fragments,
 )
@@ -142,38 +143,92 @@ def quality_runs(
     rows: list[dict] = []
     params = 0
     for i, spec in enumerate(specs, 1):
-        run_cfg = run_config(base, bench, spec.id, spec.changes, out_dir)
-        run_dir = out_dir / "runs" / spec.id
-        saved = run_dir / "record.json"
-        record = json.loads(saved.read_text()) if saved.is_file() else None
-        if record is not None and record.get("config_toml") == run_cfg.to_toml():
-            _say(f"[{i}/{len(specs)}] {spec.id}: reusing {saved}")
-        else:
-            _say(
-                f"[{i}/{len(specs)}] {spec.id}: {spec.label}, M={run_cfg.train.groups} x "
-                f"{run_cfg.cluster.ranks_per_group} ranks, batch {run_cfg.train.batch_size} per "
-                f"group, {run_cfg.train.steps} steps"
-            )
-            res = _train(run_cfg, run_dir, progress)
-            record = _record(spec, run_cfg, res)
-            _write_json(saved, record)
-            last = record["rows"][-1]
-            _say(
-                f"  {spec.id}: eval loss {last['final_eval_loss']:.4f}, "
-                f"{last['tokens_per_s']:,.0f} tokens/s, {last['wall_s']:.0f}s"
-            )
+        record = _run_or_reuse(spec, f"{i}/{len(specs)}", bench, base, out_dir, progress)
         rows += record["rows"]
         params = record["params"]
-    _compare_with_ddp(rows, bench, params)
+    _compare_with_ddp(rows, params)
     return rows, params
 
 
-def _compare_with_ddp(rows: list[dict], bench: BenchConfig, params: int) -> None:
+def _run_or_reuse(
+    spec: RunSpec, counter: str, bench: BenchConfig, base: dict, out_dir: Path, progress: bool
+) -> dict:
+    """The record of one run: trained now, or read back when a finished run with the same
+    config is already in out_dir (an interrupted bench continues)."""
+    run_cfg = run_config(base, bench, spec.id, spec.changes, out_dir)
+    run_dir = out_dir / "runs" / spec.id
+    saved = run_dir / "record.json"
+    record = json.loads(saved.read_text()) if saved.is_file() else None
+    if record is not None and record.get("config_toml") == run_cfg.to_toml():
+        _say(f"[{counter}] {spec.id}: reusing {saved}")
+        return record
+    _say(
+        f"[{counter}] {spec.id}: {spec.label}, {run_cfg.model.size}, M={run_cfg.train.groups} x "
+        f"{run_cfg.cluster.ranks_per_group} ranks, batch {run_cfg.train.batch_size} per "
+        f"group, {run_cfg.train.steps} steps"
+    )
+    res = _train(run_cfg, run_dir, progress)
+    record = _record(spec, run_cfg, res)
+    _write_json(saved, record)
+    last = record["rows"][-1]
+    _say(
+        f"  {spec.id}: eval loss {last['final_eval_loss']:.4f}, "
+        f"{last['tokens_per_s']:,.0f} tokens/s, {last['wall_s']:.0f}s"
+    )
+    return record
+
+
+def sweep_runs(
+    bench: BenchConfig, cfg: Config, base: dict, out_dir: Path, rows: list[dict], progress: bool
+) -> dict:
+    """The size sweep (issue 16): DDP against Streaming 4-bit at M=2 and H = diloco_sync_every,
+    same tokens, per model size; the base size's pair comes from the main table's `rows`."""
+    from streamloco.workers.model import model_args, param_count
+
+    h = bench.diloco_sync_every
+    tokens = cfg.train.steps * bench.global_batch * cfg.model.seq_len
+    plan = plan_sweep(bench, cfg)
+    points = []
+    for size in bench.sweep_sizes:
+        if size in plan:
+            pair = [
+                _run_or_reuse(s, f"sweep {size}", bench, base, out_dir, progress)["rows"][-1]
+                for s in plan[size]
+            ]
+        else:
+            pair = [
+                next(r for r in rows if r["method"] == "ddp"),
+                next(
+                    r
+                    for r in rows
+                    if r["method"] == "streaming" and r["groups"] == 2 and r["H"] == h
+                ),
+            ]
+        ddp, streaming = pair
+        params = param_count(model_args(size, cfg.model.vocab_size, cfg.model.seq_len))
+        points.append(
+            {
+                "size": size,
+                "params": params,
+                "tokens_per_param": tokens / params,
+                "ddp_loss": ddp["final_eval_loss"],
+                "streaming_loss": streaming["final_eval_loss"],
+                "gap": streaming["final_eval_loss"] / ddp["final_eval_loss"] - 1,
+                "ddp_bpb_by_lang": ddp.get("eval_bpb_by_lang", {}),
+                "streaming_bpb_by_lang": streaming.get("eval_bpb_by_lang", {}),
+                "streaming_label": streaming["label"],
+            }
+        )
+    points.sort(key=lambda p: p["params"])
+    return {"groups": 2, "H": h, "tokens": tokens, "points": points}
+
+
+def _compare_with_ddp(rows: list[dict], params: int) -> None:
     ddp = next(r for r in rows if r["method"] == "ddp")
-    ddp["baseline_for"] = list(bench.groups)
+    ddp["baseline_for"] = sorted({r["groups"] for r in rows if r["method"] != "ddp"})
     ddp["ddp_bytes_per_step"] = {
         str(m): {name: ddp_bytes_per_group(params, m, 1, bits) for name, bits in BITS}
-        for m in bench.groups
+        for m in ddp["baseline_for"]
     }
     for r in rows:
         if r["method"] != "ddp":
@@ -208,7 +263,43 @@ def targets(rows: list[dict], bench: BenchConfig) -> list[dict]:
                     "met": r["ratio_vs_ddp_bf16"] >= bench.min_ratio_vs_bf16,
                 }
             )
-    return out + _sparse_targets(rows, bench)
+    return out + _fp32_targets(rows, bench) + _sparse_targets(rows, bench)
+
+
+def _fp32_targets(rows: list[dict], bench: BenchConfig) -> list[dict]:
+    """Issue 16: one-group DiLoCo no worse than DDP (bench.single_group), and each Streaming
+    4-bit run within bench.max_gap_vs_fp32 of fp32 DiLoCo at the same M."""
+    out = []
+    ddp = next(r for r in rows if r["method"] == "ddp")
+    diloco = {r["groups"]: r for r in rows if r["method"] == "diloco"}
+    if bench.single_group and 1 in diloco:
+        r = diloco[1]
+        out.append(
+            {
+                "what": f"{r['label']} at M=1: eval loss no worse than DDP "
+                f"({ddp['final_eval_loss']:.4f})",
+                "value": r["loss_gap_vs_ddp"],
+                "target": 0.0,
+                "met": r["final_eval_loss"] <= ddp["final_eval_loss"],
+            }
+        )
+    if not bench.max_gap_vs_fp32:
+        return out
+    for r in rows:
+        twin = diloco.get(r["groups"])
+        if r["method"] != "streaming" or r["zstd"] or twin is None:
+            continue
+        gap = r["final_eval_loss"] / twin["final_eval_loss"] - 1
+        out.append(
+            {
+                "what": f"{r['label']} at M={r['groups']}: eval loss within "
+                f"{bench.max_gap_vs_fp32:.1%} of {twin['label']} ({twin['final_eval_loss']:.4f})",
+                "value": gap,
+                "target": bench.max_gap_vs_fp32,
+                "met": gap <= bench.max_gap_vs_fp32,
+            }
+        )
+    return out
 
 
 def _sparse_targets(rows: list[dict], bench: BenchConfig) -> list[dict]:
@@ -403,6 +494,8 @@ def run_bench(
         results["runs"] = rows
         results["targets"] = targets(rows, bench)
         langs = sorted(rows[0]["eval_by_lang"])
+        if bench.sweep_sizes:
+            results["sweep"] = sweep_runs(bench, cfg, base, out_dir, rows, progress)
     else:
         from streamloco.workers.model import model_args, param_count
 

@@ -229,6 +229,22 @@ _EXTRAPOLATION = (
     Field("rows", "list", OPTIONAL, then=_objects_of(_EXTRAPOLATION_ROW)),
 )
 
+_SWEEP_POINT = (
+    Field("size", "str"),
+    Field("params", "number", then=_bound(lambda v: v > 0, "expected a positive count, got {}")),
+    Field("tokens_per_param", "number"),
+    Field("ddp_loss", "number"),
+    Field("streaming_loss", "number"),
+    Field("gap", "number"),
+    Field("streaming_label", "str"),
+)
+_SWEEP = (
+    Field("groups", "number"),
+    Field("H", "number"),
+    Field("tokens", "number"),
+    Field("points", "list", then=_objects_of(_SWEEP_POINT)),
+)
+
 
 def _check_utilization(c: _Checker, where: str, util: dict) -> None:
     rows = c.fields(util, where, (Field("rows", "list", OPTIONAL),))["rows"]
@@ -269,8 +285,8 @@ def _check_ddp_baseline(c: _Checker, run: dict, p: str, i: int, baselines: dict)
     ms = c.get(run, "baseline_for", p, "list") or []
     per_step = c.get(run, "ddp_bytes_per_step", p, "dict") if ms else None
     for k, m in enumerate(ms):
-        if not _is_int(m) or m < 2:
-            c.fail(f"{p}.baseline_for[{k}]", f"expected a group count >= 2, got {_show(m)}")
+        if not _is_int(m) or m < 1:  # M=1: the one-group DiLoCo run's baseline
+            c.fail(f"{p}.baseline_for[{k}]", f"expected a group count >= 1, got {_show(m)}")
             continue
         if m in baselines:
             c.fail(f"{p}.baseline_for[{k}]", f"M={m} already has a baseline (runs[{baselines[m]}])")
@@ -291,6 +307,7 @@ _RESULTS = (
     Field("targets", "list", OPTIONAL, then=_objects_of(_TARGET)),
     Field("utilization", "dict", OPTIONAL, then=_check_utilization),
     Field("extrapolation", "dict", OPTIONAL, then=_object_of(_EXTRAPOLATION)),
+    Field("sweep", "dict", OPTIONAL, then=_object_of(_SWEEP)),
 )
 
 

@@ -55,6 +55,13 @@ class BenchConfig:
     sparse_alpha: float = 0.0  # local = global after a sync: the residual rides in error feedback
     sparse_error_decay: float = 1.0
     min_ratio_sparse_vs_bf16: float = 3000.0  # bytes target for Sparse at its largest H
+    # DiLoCo with ONE group (H = diloco_sync_every, the whole batch): the outer loop alone,
+    # without averaging across groups; its target is DDP's loss or better (issue 16)
+    single_group: bool = False
+    max_gap_vs_fp32: float = 0.0  # Streaming 4-bit within this of fp32 DiLoCo, same M (0 = none)
+    # the size sweep: DDP and Streaming 4-bit (M=2, H = diloco_sync_every) at each of these model
+    # sizes besides the base config's, same tokens; the gap against parameters (issue 16)
+    sweep_sizes: list[str] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
@@ -86,7 +93,8 @@ def _coerce(key: str, value: Any, default: Any) -> Any:
     if isinstance(default, list):
         if not isinstance(value, list) or not value:
             raise ValueError(f"bench.{key}: expected a non-empty list, got {value!r}")
-        return [_coerce(f"{key}[{i}]", v, default[0]) for i, v in enumerate(value)]
+        item = default[0] if default else ""  # an empty default list holds strings
+        return [_coerce(f"{key}[{i}]", v, item) for i, v in enumerate(value)]
     if isinstance(default, dict):
         if not isinstance(value, dict):
             raise ValueError(f"bench.{key}: expected a table, got {value!r}")
@@ -138,6 +146,16 @@ def _validate(b: BenchConfig) -> None:
     check(0.0 < b.sparse_error_decay <= 1.0, "sparse_error_decay", "must be in (0, 1]")
     for m in b.groups:
         check(str(m) in b.max_gap, "max_gap", f"no target for M={m} (a table like {{'2' = 0.01}})")
+    check(0.0 <= b.max_gap_vs_fp32 < 1.0, "max_gap_vs_fp32", "must be in [0, 1) (0 = no target)")
+    from streamloco.config import MODEL_SIZES
+
+    for size in b.sweep_sizes:
+        check(size in MODEL_SIZES, "sweep_sizes", f"{size!r} is not one of {sorted(MODEL_SIZES)}")
+    check(
+        not b.sweep_sizes or 2 in b.groups,
+        "sweep_sizes",
+        "the sweep compares at M=2: bench.groups must include 2",
+    )
 
 
 def load_bench(path: Path, overrides: list[str] = ()) -> tuple[BenchConfig, Config, dict]:
@@ -199,64 +217,88 @@ def plan_runs(bench: BenchConfig, cfg: Config) -> list[RunSpec]:
     for h in [*bench.streaming_sync_every, *(bench.sparse_sync_every if bench.sparse else [])]:
         if h % f:
             raise ValueError(f"bench.streaming_sync_every: H={h} is not a multiple of F={f}")
-    gb = bench.global_batch
-    runs = [
-        RunSpec(
-            "ddp",
-            "DDP",
-            "ddp",
-            1,
-            {
-                "outer.enabled": False,
-                "train.groups": 1,
-                "train.batch_size": gb,
-                "cluster.ranks_per_group": bench.ddp_ranks,
-            },
-        )
-    ]
-    zstd = bench.zstd_level
+    runs = [_ddp_run(bench)]
+    if bench.single_group:
+        runs.append(_diloco_run(bench, 1))
     for m in bench.groups:
-        per_group = {"train.groups": m, "train.batch_size": gb // m}
-        h = bench.diloco_sync_every
-        runs.append(
-            RunSpec(
-                f"m{m}-diloco-h{h}",
-                f"DiLoCo H={h} fp32",
-                "diloco",
-                m,
-                {
-                    **per_group,
-                    "outer.sync_every": h,
-                    "outer.fragments": 1,
-                    "outer.overlap": 0,
-                    "outer.codec": "fp32",
-                    "outer.zstd_level": 0,
-                    "outer.alpha": 0.0,
-                },
-            )
-        )
-        for h in bench.streaming_sync_every:
-            label = f"Streaming H={h} 4-bit" if bench.codec == "e3m0" else f"Streaming H={h}"
-            rid = f"m{m}-streaming-h{h}"
-            runs.append(
-                RunSpec(
-                    f"{rid}-zstd" if zstd else rid,
-                    f"{label} + zstd" if zstd else label,
-                    "streaming",
-                    m,
-                    {
-                        **per_group,
-                        "outer.sync_every": h,
-                        "outer.fragments": f,
-                        "outer.overlap": bench.overlap,
-                        "outer.codec": bench.codec,
-                        "outer.zstd_level": zstd,
-                    },
-                    without_zstd=(rid, label) if zstd else None,
-                )
-            )
-        runs += _sparse_runs(bench, per_group, f) if bench.sparse else []
+        runs.append(_diloco_run(bench, m))
+        runs += [_streaming_run(bench, m, h, f) for h in bench.streaming_sync_every]
+        runs += _sparse_runs(bench, _per_group(bench, m), f) if bench.sparse else []
     return runs
+
+
+def plan_sweep(bench: BenchConfig, cfg: Config) -> dict[str, list[RunSpec]]:
+    """The size sweep: for each of bench.sweep_sizes but the base config's own size (whose runs
+    are the main table's), DDP and Streaming 4-bit at M=2 and H = diloco_sync_every."""
+    h = bench.diloco_sync_every
+    out = {}
+    for size in bench.sweep_sizes:
+        if size == cfg.model.size:
+            continue
+        f = streaming_fragments(bench, replace_size(cfg, size))
+        if h % f:
+            raise ValueError(f"bench.sweep_sizes: {size}: H={h} is not a multiple of F={f}")
+        out[size] = [
+            dataclasses.replace(
+                s, id=f"sweep-{size}-{s.id}", changes=s.changes | {"model.size": size}
+            )
+            for s in (_ddp_run(bench), _streaming_run(bench, 2, h, f))
+        ]
+    return out
+
+
+def replace_size(cfg: Config, size: str) -> Config:
+    return dataclasses.replace(cfg, model=dataclasses.replace(cfg.model, size=size))
+
+
+def _per_group(bench: BenchConfig, m: int) -> dict[str, Any]:
+    return {"train.groups": m, "train.batch_size": bench.global_batch // m}
+
+
+def _ddp_run(bench: BenchConfig) -> RunSpec:
+    changes = {
+        "outer.enabled": False,
+        "train.groups": 1,
+        "train.batch_size": bench.global_batch,
+        "cluster.ranks_per_group": bench.ddp_ranks,
+    }
+    return RunSpec("ddp", "DDP", "ddp", 1, changes)
+
+
+def _diloco_run(bench: BenchConfig, m: int) -> RunSpec:
+    h = bench.diloco_sync_every
+    changes = {
+        **_per_group(bench, m),
+        "outer.sync_every": h,
+        "outer.fragments": 1,
+        "outer.overlap": 0,
+        "outer.codec": "fp32",
+        "outer.zstd_level": 0,
+        "outer.alpha": 0.0,
+    }
+    return RunSpec(f"m{m}-diloco-h{h}", f"DiLoCo H={h} fp32", "diloco", m, changes)
+
+
+def _streaming_run(bench: BenchConfig, m: int, h: int, f: int) -> RunSpec:
+    zstd = bench.zstd_level
+    label = f"Streaming H={h} 4-bit" if bench.codec == "e3m0" else f"Streaming H={h}"
+    rid = f"m{m}-streaming-h{h}"
+    changes = {
+        **_per_group(bench, m),
+        "outer.sync_every": h,
+        "outer.fragments": f,
+        "outer.overlap": bench.overlap,
+        "outer.codec": bench.codec,
+        "outer.zstd_level": zstd,
+    }
+    return RunSpec(
+        f"{rid}-zstd" if zstd else rid,
+        f"{label} + zstd" if zstd else label,
+        "streaming",
+        m,
+        changes,
+        without_zstd=(rid, label) if zstd else None,
+    )
 
 
 def _sparse_runs(bench: BenchConfig, per_group: dict, f: int) -> list[RunSpec]:
