@@ -439,7 +439,9 @@ def build_parser() -> argparse.ArgumentParser:
         "link bandwidth; writes results.json, results.md and plots",
         config=False,
     )
-    p.add_argument("--preset", default=None, help="configs/bench/NAME.toml: quick, default, gpu")
+    p.add_argument(
+        "--preset", default=None, help="configs/bench/NAME.toml: quick, default, quality, gpu"
+    )
     p.add_argument("--config", type=Path, default=None, help="a bench config file instead")
     p.add_argument("--out", type=Path, default=None, help="output dir (reruns reuse its runs)")
     p.add_argument(

@@ -53,7 +53,9 @@ MODEL_SIZES: dict[str, dict[str, int]] = {
 
 @dataclass
 class ModelConfig:
-    size: str = _f("tiny", "named model size: pico, nano, micro, tiny, 35m, 124m, 1b (see workers/model.py)")
+    size: str = _f(
+        "tiny", "named model size: pico, nano, micro, tiny, 35m, 124m, 1b (see workers/model.py)"
+    )
     vocab_size: int = _f(64, "vocabulary size (the tokenizer's, or the synthetic task's)")
     seq_len: int = _f(64, "training context length in tokens")
     tie_embeddings: bool = _f(True, "share the input embedding and output head weights")
