@@ -292,3 +292,22 @@ def test_sweep_point_of_the_base_size_comes_from_the_main_table(repo_root, tmp_p
     assert point["gap"] == pytest.approx(4.1 / 4.0 - 1)
     assert point["tokens_per_param"] == pytest.approx(sweep["tokens"] / params)
     assert not (tmp_path / "runs").exists()
+
+
+def test_max_cpus_per_rank_caps_one_rank_runs_only(repo_root, tmp_path):
+    bench, cfg, base = load_bench(ROOT / "configs" / "bench" / "quality.toml")
+    bench.cpus = 2.0
+    specs = {s.id: s for s in plan_runs(bench, cfg)}
+    per_rank = {
+        rid: run_config(base, bench, rid, specs[rid].changes, tmp_path).cluster.cpus_per_rank
+        for rid in ("ddp", "m1-diloco-h30", "m2-diloco-h30", "m4-diloco-h30")
+    }
+    assert per_rank == {
+        "ddp": 1.0,
+        "m1-diloco-h30": 1.0,
+        "m2-diloco-h30": 1.0,
+        "m4-diloco-h30": 0.5,
+    }
+    bench.max_cpus_per_rank = 0.0  # no cap: the one-rank run takes both cores
+    m1 = run_config(base, bench, "m1", specs["m1-diloco-h30"].changes, tmp_path)
+    assert m1.cluster.cpus_per_rank == 2.0

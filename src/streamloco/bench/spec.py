@@ -37,6 +37,10 @@ class BenchConfig:
     codec: str = "e3m0"  # 4-bit payloads of the streaming runs
     zstd_level: int = 3  # the streaming runs' zstd stage (bytes without it are reported too)
     cpus: float = 0.0  # CPUs a run may use (0 = all Ray has); split across its ranks
+    # at most this many CPUs per rank (0 = no cap): a one-rank run then leaves cores idle rather
+    # than run torch with more threads than the other runs' ranks (on a loaded machine, 2
+    # threads ran a one-group run 4-5x slower per step than two 1-thread ranks)
+    max_cpus_per_rank: float = 0.0
     gpus: float = 0.0  # GPUs a run may use; split across its ranks
     quality: bool = True  # the equal-token training runs
     utilization: bool = True  # measured + modelled compute utilization vs bandwidth
@@ -133,6 +137,7 @@ def _validate(b: BenchConfig) -> None:
     check(b.fragments >= 0, "fragments", "must be >= 0 (0 = about one per 3 blocks)")
     check(b.overlap >= 0, "overlap", "must be >= 0")
     check(b.cpus >= 0 and b.gpus >= 0, "cpus", "cpus and gpus must be >= 0")
+    check(b.max_cpus_per_rank >= 0, "max_cpus_per_rank", "must be >= 0 (0 = no cap)")
     check(all(x > 0 for x in b.bandwidths_mbps), "bandwidths_mbps", "must be > 0")
     check(b.utilization_steps >= 1 and b.dp_steps >= 1, "utilization_steps", "must be >= 1")
     check(all(h >= 1 for h in b.sparse_sync_every), "sparse_sync_every", "must be >= 1")
@@ -349,7 +354,10 @@ def run_config(
         "transport.latency_ms": 0.0,
     }
     if bench.cpus:
-        settings["cluster.cpus_per_rank"] = bench.cpus / ranks
+        per_rank = bench.cpus / ranks
+        settings["cluster.cpus_per_rank"] = (
+            min(per_rank, bench.max_cpus_per_rank) if bench.max_cpus_per_rank else per_rank
+        )
     if bench.gpus:
         settings["cluster.gpus_per_rank"] = bench.gpus / ranks
     for key, value in (settings | changes).items():
