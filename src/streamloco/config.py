@@ -128,6 +128,11 @@ class DataConfig:
     )
     zstd_level: int = _f(3, "zstd level of the token shards")
     temperature: float = _f(5.0, "loader language mixture: p ~ train tokens^(1/T)")
+    shuffle: bool = _f(
+        False,
+        "read each language's windows in a shuffled order (blocks of ~1M tokens in a random "
+        "order per epoch, windows shuffled within a block) instead of document order",
+    )
     branching: int = _f(4, "synthetic: plausible next tokens per context (sets the entropy floor)")
 
 

@@ -213,3 +213,63 @@ def test_validation_batches_per_language(manifest: Manifest) -> None:
     assert len(capped) == 2 and torch.equal(capped[0][0], torch.arange(16) + OFFSET)
     with pytest.raises(ValueError, match=r"'ccc'.*\['aaa', 'bbb'\]"):
         next(validation_batches(manifest, "ccc", batch_size=2, seq_len=15))
+
+
+def _shuffled_starts(manifest: Manifest, lang: str, rows: int, **kw) -> list[int]:
+    """Stream positions of the first `rows` windows of `lang` that a shuffled loader yields."""
+    loader = _loader(manifest, shuffle=True, weights={lang: 1.0}, **kw)
+    starts = []
+    while len(starts) < rows:
+        for row in next(loader):
+            got, start = _lang_pos(row)
+            assert got == lang
+            # a whole window of consecutive stream tokens, never across an epoch's end
+            assert np.array_equal(row.numpy() % OFFSET, start + np.arange(16))
+            starts.append(start)
+    return starts[:rows]
+
+
+def test_shuffled_order_covers_every_whole_window_once_per_epoch(manifest: Manifest) -> None:
+    width = 16
+    for lang in ("aaa", "bbb"):
+        per_epoch = _train_total(lang) // width
+        starts = _shuffled_starts(manifest, lang, 2 * per_epoch)
+        first, second = starts[:per_epoch], starts[per_epoch:]
+        assert sorted(first) == [w * width for w in range(per_epoch)]
+        assert sorted(second) == sorted(first) and second != first  # a new order per epoch
+        assert first != sorted(first)  # not document order
+        # windows are shuffled across blocks (one block holds CHUNK // 16 = 16 windows)
+        blocks_first_16 = {s // width // (CHUNK // width) for s in first[:16]}
+        assert len(blocks_first_16) == 1  # one block at a time (bounded memory) ...
+        assert first[:16] != sorted(first[:16])  # ... in a shuffled order inside it
+        assert {s // width // (CHUNK // width) for s in first[16:32]} != blocks_first_16
+
+
+def test_shuffled_consumers_partition_each_epoch(manifest: Manifest) -> None:
+    per_epoch = _train_total("aaa") // 16
+    seen = []
+    for group in range(3):
+        # the shuffled stream's windows c, c+C, ...: together each whole window exactly once
+        seen += _shuffled_starts(manifest, "aaa", per_epoch // 3, group=group, num_groups=3)
+    assert len(seen) == len(set(seen)) == per_epoch // 3 * 3
+
+
+def test_shuffled_is_deterministic_resumes_exactly_and_keeps_short_languages(
+    manifest: Manifest,
+) -> None:
+    a = _loader(manifest, shuffle=True, group=1, num_groups=2)
+    b = _loader(manifest, shuffle=True, group=1, num_groups=2)
+    first = [next(a) for _ in range(30)]
+    assert all(torch.equal(x, next(b)) for x in first)
+    state = json.loads(json.dumps(a.state_dict()))
+    expected = [next(a) for _ in range(20)]
+    restored = _loader(manifest, shuffle=True, group=1, num_groups=2)
+    restored.load_state_dict(state)
+    assert all(torch.equal(x, next(restored)) for x in expected)
+    # ccc (11 tokens, less than a window) stays in stream order and wraps across epochs
+    assert "ccc" not in a.shuffled and {"aaa", "bbb"} <= set(a.shuffled)
+    # an unshuffled state does not resume a shuffled loader, nor the other way round
+    with pytest.raises(ValueError, match="different shards, weights"):
+        restored.load_state_dict(_loader(manifest, group=1, num_groups=2).state_dict())
+    with pytest.raises(ValueError, match="different shards, weights"):
+        _loader(manifest, group=1, num_groups=2).load_state_dict(state)

@@ -9,6 +9,15 @@ ever see the same token. Each row of a batch comes from one language drawn with 
 weights; the draw for batch b depends only on (seed, c, b) (a fresh generator per batch), so it
 needs no stored generator state.
 
+Shuffled order (``shuffle=True``, `data.shuffle`). A language's stream is read in document order
+otherwise, and documents are stored in corpus order (a Bible book after book), so consecutive
+batches share content and the model drifts with it. Shuffling keeps the same partition, and so
+the same guarantees, but over a permuted window order: each epoch takes the language's
+`W = tokens // (T+1)` whole windows (the tail of each pass is skipped), cut into blocks of about
+one chunk; the blocks come in a random order per epoch and the windows of a block in a random
+order per block, both drawn from (seed, language, epoch[, block]). Memory stays bounded: one
+block's tokens per language, read forward once when the consumers reach it.
+
 State. ``state_dict()`` is the batch counter plus, per language, how many windows this consumer
 has taken (its k: the next window is c + kC). Restoring jumps straight to the shard holding
 that position using the manifest's token counts and decompresses only that shard up to the
@@ -77,6 +86,46 @@ class _Cursor:
         return out
 
 
+class _Shuffled:
+    """One language's stream in shuffled window order (see the module doc): window k of the
+    permuted stream -> its tokens, holding one block's tokens at a time."""
+
+    def __init__(self, cursor: _Cursor, width: int, seed: int, lang: str) -> None:
+        self.cursor, self.width, self.seed, self.lang = cursor, width, seed, lang
+        self.windows = cursor.total // width  # whole windows per epoch (>= 1: see the caller)
+        self.block = max(1, cursor.chunk_tokens // width)  # windows per block
+        self.blocks = -(-self.windows // self.block)
+        self._epoch = -1
+        self._order = np.zeros(0, dtype=np.int64)  # block ids in this epoch's order
+        self._ends = np.zeros(0, dtype=np.int64)  # cumulative window counts along that order
+        self._at: tuple[int, int] = (-1, -1)  # (epoch, block) held in self._tokens
+        self._perm = np.zeros(0, dtype=np.int64)
+        self._tokens = np.zeros(0, dtype=np.int64)
+
+    def _size(self, b: np.ndarray | int) -> np.ndarray | int:
+        return np.minimum(self.block, self.windows - np.asarray(b) * self.block)
+
+    def window(self, k: int) -> np.ndarray:
+        epoch, j = divmod(k, self.windows)
+        if epoch != self._epoch:
+            rng = np.random.default_rng(_seed_words(self.seed, "blocks", self.lang, epoch))
+            self._order = rng.permutation(self.blocks)
+            self._ends = np.cumsum(self._size(self._order))
+            self._epoch = epoch
+        i = int(np.searchsorted(self._ends, j, side="right"))
+        b = int(self._order[i])
+        if self._at != (epoch, b):
+            size = int(self._size(b))
+            rng = np.random.default_rng(_seed_words(self.seed, "windows", self.lang, epoch, b))
+            self._perm = rng.permutation(size)
+            start = epoch * self.cursor.total + b * self.block * self.width
+            self._tokens = self.cursor.read(start, size * self.width)
+            self._at = (epoch, b)
+        r = j - (int(self._ends[i - 1]) if i else 0)
+        w = int(self._perm[r])
+        return self._tokens[w * self.width : (w + 1) * self.width]
+
+
 def _seed_words(*parts: int | str) -> list[int]:
     """A numpy SeedSequence entropy list from mixed ints and strings, stable across processes."""
     digest = hashlib.sha256("\0".join(map(str, parts)).encode()).digest()
@@ -101,6 +150,7 @@ class MixtureLoader:
         weights: Mapping[str, float] | None = None,
         split: str = "train",
         chunk_tokens: int = 1 << 20,
+        shuffle: bool = False,
     ) -> None:
         if batch_size < 1 or seq_len < 1:
             raise ValueError(f"batch_size and seq_len must be >= 1, got {batch_size}, {seq_len}")
@@ -122,6 +172,14 @@ class MixtureLoader:
         self.consumers = num_groups * world_size
         self.cursors = {
             k: _Cursor(manifest, manifest.shards_for(k, split), chunk_tokens) for k in self.langs
+        }
+        # a language shorter than one window has no whole window per epoch: it stays in
+        # stream order (its windows wrap across epochs, as without shuffling)
+        self.shuffle = shuffle
+        self.shuffled = {
+            k: _Shuffled(c, seq_len + 1, seed, k)
+            for k, c in self.cursors.items()
+            if shuffle and c.total >= seq_len + 1
         }
         self.batch = 0
         self.taken = dict.fromkeys(self.langs, 0)  # windows of each language this consumer took
@@ -155,6 +213,8 @@ class MixtureLoader:
             "shape": [self.batch_size, self.seq_len],
             "partition": [self.seed, self.consumer, self.consumers],
         }
+        if self.shuffle:  # absent when off: states saved before it stay valid
+            key["order"] = "shuffled"
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
     @property
@@ -171,7 +231,10 @@ class MixtureLoader:
         for r, li in enumerate(picks.tolist()):
             lang = self.langs[li]
             window = self.consumer + self.taken[lang] * self.consumers
-            rows[r] = self.cursors[lang].read(window * width, width)
+            if lang in self.shuffled:
+                rows[r] = self.shuffled[lang].window(window)
+            else:
+                rows[r] = self.cursors[lang].read(window * width, width)
             self.taken[lang] += 1
         self.batch += 1
         return torch.from_numpy(rows)  # (B, T+1)

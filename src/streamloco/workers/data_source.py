@@ -140,6 +140,7 @@ def _shard_source(cfg: Config) -> DataSource:
                 group=index,
                 num_groups=count,
                 temperature=cfg.data.temperature,
+                shuffle=cfg.data.shuffle,
             )
         )
 
