@@ -356,6 +356,19 @@ def _extend_model(args, base, ext, held_out, langs) -> None:
     )
 
 
+def _report_only_step_s(overrides: list[str]) -> float | None:
+    """`--bench.wallclock_step_s=S` given with --report-only (validated as in a bench file);
+    None without it."""
+    from streamloco.bench.spec import bench_from_dict
+    from streamloco.config import _parse_override
+
+    for arg in overrides:
+        key, value = _parse_override(arg)
+        if key == "bench.wallclock_step_s":
+            return bench_from_dict({"wallclock_step_s": value}).wallclock_step_s
+    return None
+
+
 def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> int:
     import datetime as dt
     import shlex
@@ -367,7 +380,13 @@ def cmd_bench(args: argparse.Namespace, overrides: list[str]) -> int:
         saved = args.report_only / "results.json"
         if not saved.is_file():
             raise ValueError(f"--report-only {args.report_only}: no results.json there")
-        for path in report.write_report(report.read_results(saved), args.report_only):
+        results = report.read_results(saved)
+        step_s = _report_only_step_s(overrides)
+        if step_s is not None:  # the equal-wall-clock view for the user's own step time
+            from streamloco.bench.wallclock import with_step_s
+
+            results = with_step_s(results, step_s)
+        for path in report.write_report(results, args.report_only):
             print(path)
         return 0
     if args.config is not None and args.preset is not None:

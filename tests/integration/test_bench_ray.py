@@ -99,7 +99,25 @@ log_every = 5
         assert 0 < r["measured"] <= 1 and 0 < r["model"] <= 1
         assert r["bytes_per_group"] == pytest.approx(r["model_bytes_per_group"], rel=0.02)
     assert saved["extrapolation"]["rows"]
-    for name in ("results.md", "loss_vs_tokens.png", "loss_vs_bytes.png", "utilization.png"):
+
+    # the equal-wall-clock view's inputs, recorded per run: the compute time per step (chunks
+    # without evaluation: (0, 5] and (10, 15]) and one group's exact payload per fragment
+    for rid, r in runs.items():
+        assert r["step_s"] > 0 and r["step_s_source"].startswith("measured"), rid
+        assert len(r["payload_bytes"]) == (r["F"] or 1), rid
+    plain = runs["m2-streaming-h10"]  # no zstd: a round moves the payload up and one down
+    assert plain["peak_sync_bytes"] == pytest.approx(2 * max(plain["payload_bytes"]), rel=0.02)
+    wc = saved["wallclock"]
+    assert sorted({r["mbps"] for r in wc["rows"]}) == [5.0, 25.0, 100.0]
+    assert {r["run_id"] for r in wc["rows"]} == set(runs)
+    assert [t for t in saved["targets"] if t.get("kind") == "wallclock"]
+    for name in (
+        "results.md",
+        "loss_vs_tokens.png",
+        "loss_vs_bytes.png",
+        "loss_vs_wallclock.png",
+        "utilization.png",
+    ):
         assert (out / name).stat().st_size > 0
     assert "Streaming H=10 4-bit + zstd" in (out / "results.md").read_text()
 

@@ -243,7 +243,13 @@ def table_row(md: str, label: str) -> list[str]:
 def test_write_report_writes_the_markdown_and_readable_plots_and_nothing_else(results, tmp_path):
     out = tmp_path / "bench"
     paths = write_report(results, out)
-    names = ["results.md", "loss_vs_tokens.png", "loss_vs_bytes.png", "utilization.png"]
+    names = [
+        "results.md",
+        "loss_vs_tokens.png",
+        "loss_vs_bytes.png",
+        "loss_vs_wallclock.png",
+        "utilization.png",
+    ]
     assert [p.name for p in paths] == names
     assert sorted(p.name for p in out.iterdir()) == sorted(names)  # no temporary files left
     for p in paths[1:]:
@@ -330,12 +336,20 @@ def test_optional_sections_are_left_out_when_absent(results, tmp_path):
     assert sorted(p.name for p in out.iterdir()) == [
         "loss_vs_bytes.png",
         "loss_vs_tokens.png",
+        "loss_vs_wallclock.png",  # derived from the runs: always there
         "results.md",
     ]
-    assert [p.name for p in paths] == ["results.md", "loss_vs_tokens.png", "loss_vs_bytes.png"]
+    assert [p.name for p in paths] == [
+        "results.md",
+        "loss_vs_tokens.png",
+        "loss_vs_bytes.png",
+        "loss_vs_wallclock.png",
+    ]
     md = (out / "results.md").read_text()
-    for gone in ("## Targets", "## Compute utilization", "## Extrapolation", "utilization.png"):
+    for gone in ("## Compute utilization", "## Extrapolation", "utilization.png", "300x fewer"):
         assert gone not in md
+    # the targets left are the equal-wall-clock ones, derived from the runs
+    assert "## Targets" in md and "at equal wall-clock" in md
     del results["utilization"]
     assert "## Compute utilization" not in markdown(results)
 

@@ -1,4 +1,5 @@
-"""The bench report as markdown: a header, one table per M, targets, utilization, extrapolation.
+"""The bench report as markdown: a header, one table per M, targets, equal wall-clock,
+utilization, extrapolation.
 
 Reads a validated results dict (`streamloco.bench.schema`) and returns text; the plots it links
 to are made by `streamloco.bench.plots` and written by `streamloco.bench.report.write_report`.
@@ -25,6 +26,7 @@ from streamloco.bench.schema import (
     runs_for,
     validate,
 )
+from streamloco.bench.wallclock import SPREAD_WARNING, augment
 
 
 def _table(header: list[str], rows: list[list[str]], align: list[str] | None = None) -> list[str]:
@@ -51,8 +53,10 @@ def _kv(d: dict) -> str:
 
 
 def markdown(results: dict, images: dict[str, str] | None = None) -> str:
-    """The report as markdown; `images` maps a plot name (see PLOT_FILES) to a relative path."""
+    """The report as markdown; `images` maps a plot name (see PLOT_FILES) to a relative path.
+    The equal-wall-clock view is derived from the runs where results.json lacks it."""
     validate(results)
+    results = augment(results)
     images = dict(images or {})
     out: list[str] = []
     out += _header(results)
@@ -65,6 +69,7 @@ def markdown(results: dict, images: dict[str, str] | None = None) -> str:
             out += [f"![{title}]({images.pop(name)})", ""]
     out += _targets(results)
     out += _sweep(results, images.pop("sweep", None))
+    out += _wallclock(results, images.pop("loss_vs_wallclock", None))
     out += _utilization(results, images.pop("utilization", None))
     out += _extrapolation(results)
     if images:  # plots this report has no section for
@@ -235,6 +240,86 @@ def _sweep(results: dict, image: str | None) -> list[str]:
     out.append("")
     if image:
         out += [f"![The gap against model size]({image})", ""]
+    return out
+
+
+def _wallclock(results: dict, image: str | None) -> list[str]:
+    """The equal-wall-clock view (`streamloco.bench.wallclock`): one table per link and M."""
+    wc = results.get("wallclock") or {}
+    rows = wc.get("rows") or []
+    if not rows:
+        return []
+    override = wc["step_s_override"]
+    step = (
+        f"{num(override)} s per inner step for every run (bench.wallclock_step_s)"
+        if override
+        else "each run's measured compute time per inner step (source below the tables)"
+    )
+    out = [
+        "## Equal wall-clock on a slow link",
+        "",
+        f"The same runs, timed as if each of M islands computed at {step} and exchanged over a "
+        f"link of the given bandwidth ({num(wc['latency_ms'])} ms latency): time per step on "
+        "the link = compute time / utilization, the utilization from the analytic model "
+        "(`bench/utilization.py`) over the whole run with the run's own H, F, tau and payload "
+        "sizes. DDP = M islands all-reducing bf16 gradients every step with a ring (torch DDP); "
+        "the other methods use our transport's all-gather. Eval losses are compared at equal "
+        "wall-clock: when the fastest run of that M finishes its tokens, and at the largest "
+        "round duration (1, 2, 5 ... s, min, h) within 90% of that; interpolated between eval "
+        f"points, never extrapolated ({DASH} = no eval point yet at that time).",
+        "",
+    ]
+    cmps = wc["comparisons"]
+    for key in dict.fromkeys((r["mbps"], r["groups"]) for r in rows):
+        mbps, m = key
+        mine = [r for r in rows if (r["mbps"], r["groups"]) == key]
+        at = [c for c in cmps if (c["mbps"], c["groups"]) == key]
+        header = ["run", "compute s/step", "s/step on link", "utilization", "all tokens in"]
+        for c in at:
+            header += [f"tokens at {duration(c['t_s'])}", f"loss at {duration(c['t_s'])}"]
+        body = []
+        for r in mine:
+            line = [
+                r["label"] + (DERIVED_MARK if r.get("derived") else ""),
+                num(r["step_s"]),
+                num(r["s_per_step"]),
+                pct(r["utilization"]),
+                duration(r["finish_s"]),
+            ]
+            for c in at:
+                line += [num(c["tokens"].get(r["run_id"])), loss_str(c["loss"].get(r["run_id"]))]
+            body.append(line)
+        out += [f"### {num(mbps)} Mbit/s, M = {m} worker groups", "", *_table(header, body), ""]
+        names = "; ".join(f"{duration(c['t_s'])} = {c['name']}" for c in at)
+        out += [f"Comparison times: {names}.", ""]
+    out += _step_sources(rows, override)
+    if image:
+        out += [f"![Eval loss vs wall-clock per bandwidth]({image})", ""]
+    return out
+
+
+def _step_sources(rows: list[dict], override: float) -> list[str]:
+    """Where each compute time per step comes from, and a warning where the measured ones of
+    one M differ widely (on a shared machine that is mostly load, not the method)."""
+    sources = dict.fromkeys((r["label"], r["step_s_source"]) for r in rows)
+    if len({src for _, src in sources}) == 1:
+        out = [f"Compute time per step: {next(iter(sources))[1]}, every run.", ""]
+    else:
+        out = ["Compute time per step from:", "", *(f"- {lb}: {src}" for lb, src in sources), ""]
+    if override:
+        return out
+    for m in dict.fromkeys(r["groups"] for r in rows):
+        steps = {r["label"]: r["step_s"] for r in rows if r["groups"] == m}
+        spread = max(steps.values()) / min(steps.values())
+        if spread > SPREAD_WARNING:
+            out += [
+                f"At M = {m} the step times differ {spread:.2f}x ({num(min(steps.values()))} to "
+                f"{num(max(steps.values()))} s). Every island computes the same inner steps "
+                "whatever the method, so on a shared machine most of that is load: to compare at "
+                "one step time, rebuild the report with `streamloco bench --report-only DIR "
+                "--bench.wallclock_step_s=S`.",
+                "",
+            ]
     return out
 
 

@@ -129,6 +129,69 @@ def plot_loss_vs_bytes(results: dict) -> bytes:
     return _png(fig)
 
 
+def plot_loss_vs_wallclock(results: dict) -> bytes:
+    """PNG: eval loss vs wall-clock on the modelled link, one column per bandwidth, one row per
+    M; dotted vertical lines at the comparison times. Derived rows are drawn dashed."""
+    from matplotlib.figure import Figure
+    from matplotlib.ticker import FuncFormatter, MultipleLocator
+
+    from streamloco.bench.formatting import duration
+    from streamloco.bench.wallclock import ROUND_S
+
+    wc = results["wallclock"]
+    rows, cmps = wc["rows"], wc["comparisons"]
+    bws = sorted({r["mbps"] for r in rows})
+    ms = sorted({r["groups"] for r in rows})
+    colours = _colours(results)
+    fig = Figure(figsize=(5.6 * len(bws), 4.2 * len(ms)), dpi=DPI, layout="constrained")
+    grid = fig.subplots(len(ms), len(bws), sharey=True, squeeze=False)
+    for i, m in enumerate(ms):
+        for j, mbps in enumerate(bws):
+            ax = grid[i][j]
+            for r in rows:
+                if (r["mbps"], r["groups"]) != (mbps, m):
+                    continue
+                ax.plot(
+                    [p[0] for p in r["points"]],
+                    [p[1] for p in r["points"]],
+                    color=colours.get(r["run_id"], "grey"),
+                    label=r["label"] + (f" {DERIVED_MARK}" if r.get("derived") else ""),
+                    linestyle="--" if r.get("derived") else "-",
+                    marker=".",
+                    linewidth=1.5,
+                )
+            for c in cmps:
+                if (c["mbps"], c["groups"]) == (mbps, m):
+                    ax.axvline(c["t_s"], color="grey", linestyle=":", linewidth=1)
+            ax.set_xlim(left=0)
+            # ticks at round durations (30 s, 2 min, 1 h, ...), about five per panel
+            tick = next((t for t in ROUND_S if t >= ax.get_xlim()[1] / 6), ROUND_S[-1])
+            ax.xaxis.set_major_locator(MultipleLocator(tick))
+            ax.xaxis.set_major_formatter(FuncFormatter(lambda x, _: duration(x)))
+            ax.set_title(f"{num(mbps)} Mbit/s, M = {m} worker groups")
+            ax.set_xlabel("wall-clock on the link (modelled)")
+            ax.grid(True, alpha=0.3)
+        grid[i][0].set_ylabel("eval loss (nats/token)")
+    # one legend under the panels (colours are per run, the same in every panel): inside a
+    # panel it would hide the curves, which cross every corner
+    legend: dict[str, Any] = {}
+    for ax in (a for row in grid for a in row):
+        for handle, label in zip(*ax.get_legend_handles_labels(), strict=True):
+            legend.setdefault(label, handle)
+    fig.legend(
+        list(legend.values()),
+        list(legend),
+        loc="outside lower center",
+        ncols=min(3, len(legend)),
+        fontsize="small",
+    )
+    fig.suptitle(
+        f"Eval loss at equal wall-clock ({results['meta']['preset']} preset; dotted = "
+        "comparison times)"
+    )
+    return _png(fig)
+
+
 def plot_utilization(results: dict) -> bytes:
     """PNG: compute utilization vs bandwidth (log x); model as lines, measured as markers."""
     from matplotlib import colormaps

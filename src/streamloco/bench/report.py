@@ -19,10 +19,12 @@ from streamloco.bench.markdown import markdown
 from streamloco.bench.plots import (
     plot_loss_vs_bytes,
     plot_loss_vs_tokens,
+    plot_loss_vs_wallclock,
     plot_sweep,
     plot_utilization,
 )
 from streamloco.bench.schema import read_results, validate
+from streamloco.bench.wallclock import augment
 
 __all__ = ["PLOT_FILES", "REPORT_MD", "markdown", "read_results", "write_report"]
 
@@ -32,6 +34,7 @@ PLOT_FILES = {
     "loss_vs_bytes": "loss_vs_bytes.png",
     "utilization": "utilization.png",
     "sweep": "sweep.png",
+    "loss_vs_wallclock": "loss_vs_wallclock.png",
 }
 
 
@@ -41,7 +44,12 @@ def write_report(results: dict, out_dir: Path) -> list[Path]:
     Validates first (ValueError, nothing written). Plots are written before results.md, every file
     atomically. Without utilization rows (or sweep points), a utilization.png (sweep.png) left by an
     earlier report is removed so the directory never shows a plot the report does not describe.
+    The equal-wall-clock view is derived from the runs, here
+    (`streamloco.bench.wallclock.augment`), so a results.json written before it existed gains
+    it; the file itself is not changed.
     """
+    validate(results)
+    results = augment(results)
     validate(results)
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -51,6 +59,7 @@ def write_report(results: dict, out_dir: Path) -> list[Path]:
     }
     # an optional section's plot: drawn when it has rows, else an old one is removed
     for name, plot, section, key in (
+        ("loss_vs_wallclock", plot_loss_vs_wallclock, "wallclock", "rows"),
         ("utilization", plot_utilization, "utilization", "rows"),
         ("sweep", plot_sweep, "sweep", "points"),
     ):

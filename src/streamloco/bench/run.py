@@ -144,6 +144,10 @@ def quality_runs(
     params = 0
     for i, spec in enumerate(specs, 1):
         record = _run_or_reuse(spec, f"{i}/{len(specs)}", bench, base, out_dir, progress)
+        run_dir = out_dir / "runs" / spec.id
+        _wallclock_inputs(
+            record["rows"], run_config(base, bench, spec.id, spec.changes, out_dir), run_dir
+        )
         rows += record["rows"]
         params = record["params"]
     _compare_with_ddp(rows, params)
@@ -221,6 +225,61 @@ def sweep_runs(
         )
     points.sort(key=lambda p: p["params"])
     return {"groups": 2, "H": h, "tokens": tokens, "points": points}
+
+
+STEP_S_SOURCE = "measured: median chunk of group 0 without evaluation"
+
+
+def _wallclock_inputs(rows: list[dict], cfg: Config, run_dir: Path) -> None:
+    """What the equal-wall-clock view (`bench.wallclock`) needs from a run and results.json
+    does not otherwise hold: the compute time per inner step, from the run's TensorBoard chunk
+    throughputs (wall_s includes evaluation and start-up), and one group's exact payload bytes
+    per fragment. Added to new and reused runs alike (a record may predate the view)."""
+    if all("step_s" in r and "payload_bytes" in r for r in rows):
+        return
+    from streamloco.bench.wallclock import median_step_s
+    from streamloco.records import tag
+
+    chunks = _tb_scalars(run_dir / "tb", tag("tokens_per_s", g=0))
+    step_s = median_step_s(
+        chunks,
+        cfg.train.batch_size * cfg.model.seq_len,
+        [p[0] for p in rows[-1]["eval_history"]],
+        cfg.train.steps,
+    )
+    payload = _payload_bytes(cfg)
+    for r in rows:
+        r["step_s"] = step_s
+        r["step_s_source"] = STEP_S_SOURCE if step_s is not None else None
+        r["payload_bytes"] = payload
+
+
+def _tb_scalars(tb_dir: Path, name: str) -> list[tuple[int, float]]:
+    """(step, value) of one TensorBoard scalar; empty if the run wrote none."""
+    if not tb_dir.is_dir():
+        return []
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    if name not in acc.Tags().get("scalars", []):
+        return []
+    return [(e.step, e.value) for e in acc.Scalars(name)]
+
+
+def _payload_bytes(cfg: Config) -> list[int]:
+    """One group's payload per fragment, before zstd, from the codec's exact size formula on the
+    real model's fragments (the utilization ladder's way); DDP: its bf16 gradient, one piece."""
+    from streamloco.outer_optim.codecs import make_codec
+    from streamloco.outer_optim.fragments import partition
+    from streamloco.workers.trainer import build_model
+
+    named = [(n, p.numel()) for n, p in build_model(cfg, "cpu").named_parameters()]
+    o = cfg.outer
+    if not o.enabled:
+        return [make_codec("bf16", o.block_size).payload_size((sum(n for _, n in named),))]
+    codec = make_codec(o.codec, o.block_size, 0, o.topk)
+    return [codec.payload_size((n,)) for n in partition(named, o.fragments, o.pattern).numels]
 
 
 def _compare_with_ddp(rows: list[dict], params: int) -> None:
@@ -524,6 +583,10 @@ def run_bench(
         "outer": {"lr": cfg.outer.lr, "momentum": cfg.outer.momentum, "alpha": cfg.outer.alpha},
         "bench": {k: v for k, v in vars(bench).items()},
     }
+    if bench.quality:  # equal wall-clock on a slow link (issue 16): derived from the runs above
+        from streamloco.bench import wallclock
+
+        results = wallclock.augment(results)
     _write_json(out_dir / "results.json", results)
     report.write_report(results, out_dir)
     return results

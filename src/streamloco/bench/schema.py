@@ -228,6 +228,53 @@ _EXTRAPOLATION = (
     Field("assumptions", "dict", OPTIONAL, then=_each("scalar")),
     Field("rows", "list", OPTIONAL, then=_objects_of(_EXTRAPOLATION_ROW)),
 )
+_NONNEG = _bound(lambda v: v >= 0, "expected a number >= 0, got {}")
+_POSITIVE_NUMBER = _bound(lambda v: v > 0, "expected a positive number, got {}")
+
+
+def _wallclock_points(c: _Checker, where: str, points: list) -> None:
+    for j, point in enumerate(points):
+        if not (isinstance(point, list) and len(point) == 3 and all(map(is_number, point))):
+            c.fail(f"{where}[{j}]", f"expected [seconds, loss, tokens], got {_show(point)}")
+
+
+def _losses(c: _Checker, where: str, value: dict) -> None:
+    for k, v in value.items():
+        if v is not None and not is_number(v):
+            c.fail(f"{where}.{k}", f"expected a number or null, got {_show(v)}")
+
+
+# the equal-wall-clock view (issue 16, `streamloco.bench.wallclock`): derived from the runs, so
+# a results.json without it still validates and the report computes it
+_WALLCLOCK_ROW = (
+    Field("mbps", "number", then=_POSITIVE_NUMBER),
+    Field("groups", "int", then=_POSITIVE),
+    Field("run_id", "str"),
+    Field("label", "str"),
+    Field("method", "str"),
+    Field("derived", "bool", OPTIONAL),
+    Field("step_s", "number", then=_POSITIVE_NUMBER),
+    Field("step_s_source", "str"),
+    Field("utilization", "number", then=_POSITIVE_NUMBER),
+    Field("s_per_step", "number", then=_POSITIVE_NUMBER),
+    Field("finish_s", "number", then=_NONNEG),
+    Field("points", "list", then=_wallclock_points),
+)
+_WALLCLOCK_COMPARISON = (
+    Field("mbps", "number", then=_POSITIVE_NUMBER),
+    Field("groups", "int", then=_POSITIVE),
+    Field("name", "str"),
+    Field("t_s", "number", then=_NONNEG),
+    Field("loss", "dict", then=_losses),
+    Field("tokens", "dict", then=_each("number")),
+)
+_WALLCLOCK = (
+    Field("latency_ms", "number", then=_NONNEG),
+    Field("steps", "int", then=_POSITIVE),
+    Field("step_s_override", "number", then=_NONNEG),
+    Field("rows", "list", then=_objects_of(_WALLCLOCK_ROW)),
+    Field("comparisons", "list", then=_objects_of(_WALLCLOCK_COMPARISON)),
+)
 
 _SWEEP_POINT = (
     Field("size", "str"),
@@ -308,7 +355,21 @@ _RESULTS = (
     Field("utilization", "dict", OPTIONAL, then=_check_utilization),
     Field("extrapolation", "dict", OPTIONAL, then=_object_of(_EXTRAPOLATION)),
     Field("sweep", "dict", OPTIONAL, then=_object_of(_SWEEP)),
+    Field("wallclock", "dict", OPTIONAL, then=_object_of(_WALLCLOCK)),
 )
+
+
+def _check_wallclock_ids(c: _Checker, results: dict) -> None:
+    """Every wall-clock row names a run (checked after both sections' own tables)."""
+    wc, runs = results.get("wallclock"), results.get("runs")
+    rows = wc.get("rows") if isinstance(wc, dict) else None
+    if not isinstance(rows, list) or not isinstance(runs, list):
+        return
+    ids = {r.get("id") for r in runs if isinstance(r, dict)}
+    for i, row in enumerate(rows):
+        rid = row.get("run_id") if isinstance(row, dict) else None
+        if isinstance(rid, str) and rid not in ids:
+            c.fail(f"wallclock.rows[{i}].run_id", f"names no run in runs ({rid!r})")
 
 
 def validate(results: dict) -> None:
@@ -329,6 +390,7 @@ def validate(results: dict) -> None:
         )
     c = _Checker()
     c.fields(results, "", _RESULTS)
+    _check_wallclock_ids(c, results)
     if c.errors:
         shown = c.errors[:20]
         more = len(c.errors) - len(shown)

@@ -15,6 +15,7 @@ groups would all-reduce. Pure: no Ray, no torch.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -66,6 +67,7 @@ class BenchConfig:
     # the size sweep: DDP and Streaming 4-bit (M=2, H = diloco_sync_every) at each of these model
     # sizes besides the base config's, same tokens; the gap against parameters (issue 16)
     sweep_sizes: list[str] = field(default_factory=list)
+    wallclock_step_s: float = 0.0  # issue 16, equal wall-clock view: island s/step, 0 = measured
 
 
 @dataclass(frozen=True)
@@ -149,6 +151,7 @@ def _validate(b: BenchConfig) -> None:
     )
     check(0.0 <= b.sparse_alpha <= 1.0, "sparse_alpha", "must be in [0, 1]")
     check(0.0 < b.sparse_error_decay <= 1.0, "sparse_error_decay", "must be in (0, 1]")
+    check(0 <= b.wallclock_step_s < math.inf, "wallclock_step_s", "must be >= 0 (0 = measured)")
     for m in b.groups:
         check(str(m) in b.max_gap, "max_gap", f"no target for M={m} (a table like {{'2' = 0.01}})")
     check(0.0 <= b.max_gap_vs_fp32 < 1.0, "max_gap_vs_fp32", "must be in [0, 1) (0 = no target)")
