@@ -361,14 +361,21 @@ def test_cli_report_only_takes_the_users_step_time(results, tmp_path, capsys):
     assert "bench.wallclock_step_s: must be >= 0" in capsys.readouterr().err
 
 
-def test_one_group_runs_get_rows_but_no_ddp_comparison(results):
-    # the quality preset's DiLoCo M=1: no DDP baseline at M=1 (a baseline is for M >= 2)
+def test_one_group_runs_against_ddp_on_one_island(results):
+    # the quality preset's DiLoCo M=1, and DDP as its baseline: one island, so DDP's ring moves
+    # nothing (utilization 1) while our transport still uploads to the broker
     one = _run("m1-diloco", "diloco", 1, [(50, 5.6), (100, 4.9)], H=30, F=1, tau=0,
                codec="fp32", step_s=1.0, payload_bytes=[250_000])  # fmt: skip
     results["runs"].append(one)
+    ddp = results["runs"][0]
+    ddp["baseline_for"] = [1, 2]
+    ddp["ddp_bytes_per_step"]["1"] = {"bf16": 0.0, "fp32": 0.0}
+    validate(results)
     wc = W.view(results)
-    m1 = [r for r in wc["rows"] if r["groups"] == 1]
-    assert [r["run_id"] for r in m1] == ["m1-diloco"] * 3  # one per bandwidth, alone
-    # one island still uploads to the broker (our transport): 250 KB at 1 Mbit/s = 2 s a round
-    assert _rows(wc, 1.0)["m1-diloco"]["utilization"] < 1
-    assert all("M=1" not in t["what"] for t in W.targets(wc, results))
+    m1 = {r["run_id"]: r for r in wc["rows"] if r["groups"] == 1 and r["mbps"] == 1.0}
+    assert set(m1) == {"ddp", "m1-diloco"}
+    assert m1["ddp"]["utilization"] == 1.0 and m1["ddp"]["s_per_step"] == 1.0
+    # 250 KB up at 1 Mbit/s = 2 s every 30 steps (tau=0: the apply waits for it), 4 rounds
+    # (steps 30, 60, 90, and the final sync at 100)
+    assert m1["m1-diloco"]["finish_s"] == pytest.approx(100.0 + 4 * 2.0)
+    assert all("M=1" not in t["what"] for t in W.targets(wc, results))  # no Streaming at M=1
