@@ -262,8 +262,10 @@ def _wallclock(results: dict, image: str | None) -> list[str]:
         f"link of the given bandwidth ({num(wc['latency_ms'])} ms latency): time per step on "
         "the link = compute time / utilization, the utilization from the analytic model "
         "(`bench/utilization.py`) over the whole run with the run's own H, F, tau and payload "
-        "sizes. DDP = M islands all-reducing bf16 gradients every step with a ring (torch DDP); "
-        "the other methods use our transport's all-gather. Eval losses are compared at equal "
+        "sizes. DDP = M islands all-reducing bf16 gradients every step with a ring (torch DDP), "
+        "sent after the step, and (second DDP row) overlapped with "
+        f"{wc.get('ddp_hide_fraction', 0):.0%} of the step (the backward pass); the other "
+        "methods use our transport's all-gather after the step. Eval losses are compared at equal "
         "wall-clock: when the fastest run of that M finishes its tokens, and at the largest "
         "round duration (1, 2, 5 ... s, min, h) within 90% of that; interpolated between eval "
         f"points, never extrapolated ({DASH} = no eval point yet at that time).",
@@ -287,7 +289,7 @@ def _wallclock(results: dict, image: str | None) -> list[str]:
                 duration(r["finish_s"]),
             ]
             for c in at:
-                line += [num(c["tokens"].get(r["run_id"])), loss_str(c["loss"].get(r["run_id"]))]
+                line += [num(c["tokens"].get(r["key"])), loss_str(c["loss"].get(r["key"]))]
             body.append(line)
         out += [f"### {num(mbps)} Mbit/s, M = {m} worker groups", "", *_table(header, body), ""]
         names = "; ".join(f"{duration(c['t_s'])} = {c['name']}" for c in at)

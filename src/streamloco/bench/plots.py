@@ -154,9 +154,14 @@ def plot_loss_vs_wallclock(results: dict) -> bytes:
                 ax.plot(
                     [p[0] for p in r["points"]],
                     [p[1] for p in r["points"]],
-                    color=colours.get(r["run_id"], "grey"),
+                    color=colours.get(r.get("key", r["run_id"]), "grey"),
                     label=r["label"] + (f" {DERIVED_MARK}" if r.get("derived") else ""),
-                    linestyle="--" if r.get("derived") else "-",
+                    # dashed: a derived row; dotted: DDP overlapped with its backward pass
+                    linestyle="--"
+                    if r.get("derived")
+                    else ":"
+                    if r.get("key", r["run_id"]) != r["run_id"]
+                    else "-",
                     marker=".",
                     linewidth=1.5,
                 )

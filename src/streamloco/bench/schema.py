@@ -249,6 +249,7 @@ def _losses(c: _Checker, where: str, value: dict) -> None:
 _WALLCLOCK_ROW = (
     Field("mbps", "number", then=_POSITIVE_NUMBER),
     Field("groups", "int", then=_POSITIVE),
+    Field("key", "str", OPTIONAL),  # the row's key in the comparisons (run id, or a twin's)
     Field("run_id", "str"),
     Field("label", "str"),
     Field("method", "str"),
