@@ -21,7 +21,15 @@ from streamloco.workers.model import (
     rope_tables,
 )
 
-REFERENCE_VOCAB = {"tiny": 4096, "35m": 32000, "124m": 50304, "1b": 32000}
+REFERENCE_VOCAB = {
+    "pico": 2048,
+    "nano": 2048,
+    "micro": 2048,
+    "tiny": 4096,
+    "35m": 32000,
+    "124m": 50304,
+    "1b": 32000,
+}
 NOMINAL_PARAMS = {"35m": 35e6, "124m": 124e6, "1b": 1e9}
 
 
@@ -52,6 +60,9 @@ def test_param_count_matches_instantiated_model(size: str, tied: bool) -> None:
 def test_named_sizes_are_close_to_their_names() -> None:
     tiny = param_count(model_args("tiny", REFERENCE_VOCAB["tiny"], 256))
     assert 0.5e6 < tiny < 2e6
+    # the quality bench's sizes, as config.py's comments state them
+    small = {s: param_count(model_args(s, 2048, 64)) for s in ("pico", "nano", "micro")}
+    assert small == {"pico": 119_072, "nano": 209_328, "micro": 344_640}
     for size, nominal in NOMINAL_PARAMS.items():
         n = param_count(model_args(size, REFERENCE_VOCAB[size], 2048))
         assert abs(n - nominal) / nominal < 0.2, (size, n)
