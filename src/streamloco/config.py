@@ -233,6 +233,13 @@ class OuterConfig:
         "after the last step, also sync every fragment the schedule did not just send, so the "
         "final global model holds all training (false: torchft's behaviour, step for step)",
     )
+    reduce: Literal["allgather", "two_phase", "auto"] = _f(
+        "allgather",
+        "how groups combine pseudo-gradients: allgather (every group fetches every payload: "
+        "P up, (M-1) P down per round), two_phase (each group reduces 1/M of the fragment and "
+        "re-encodes it: about P up, 2(M-1)/M P down, one more hop and one more quantization), "
+        "auto (two_phase from 3 groups on, where it moves fewer bytes)",
+    )
 
 
 @dataclass

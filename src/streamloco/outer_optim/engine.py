@@ -25,6 +25,15 @@ abstains, adopts the global fragment, or is a replacement seeded by live recover
 (docs/engine.md has the rules). Stochastic rounding draws are seeded by (step, fragment, group,
 rank), so resumed runs send the same bytes.
 
+Two-phase reduce (`outer.reduce`, reduce.py): instead of the all-gather, each group owns 1/M of
+the fragment (of its rank's shard of it), receives that shard from every group, means it in group
+order, re-encodes it and publishes it; every group then decodes the same M reduced shards, so the
+outer step and the globals stay bit-identical, for about 2 payloads per group and round whatever
+M. The send encodes one payload per shard; the apply waits for both hops. A shard whose reduced
+payload is missing or invalid is skipped by every group alike (its global slice and momentum
+stay); a group whose own contribution is missing from any shard adopts the global fragment, as
+with the all-gather. Error feedback keeps only the sender's own compression error.
+
 Hierarchical sync (a group of K ranks, see comm.py): every rank holds the full global copy and
 its group's full local parameters (DDP keeps them equal), but sends, reduces and outer-steps only
 its own shard of each fragment (whole codec blocks, so results are bit-identical for any K); the
@@ -42,7 +51,7 @@ from __future__ import annotations
 import math
 import time
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 
 import torch
 from torch import nn
@@ -52,6 +61,16 @@ from streamloco.outer_optim.comm import GroupComm, SoloComm, shard_bounds, shard
 from streamloco.outer_optim.fragments import FragmentPlan, partition
 from streamloco.outer_optim.optimizer import OuterSGD, flatten, merge_
 from streamloco.outer_optim.options import OuterOptions
+from streamloco.outer_optim.reduce import (
+    ReducedError,
+    decode_contribution,
+    encode_shards,
+    envelope_size,
+    reduce_shard,
+    resolve_reduce,
+    shard_slices,
+    unpack_reduced,
+)
 from streamloco.outer_optim.schedule import Schedule
 from streamloco.outer_optim.transport import CompletedHandle, Handle, Transport
 
@@ -79,9 +98,24 @@ class SyncEvent:
     received_bytes: int = 0  # apply: the other groups' payloads in the round
     abstained: bool = False  # send: own delta was not finite -> sent an empty payload
     sent_at: int = 0  # apply: the step the round's payloads were sent at
+    sent_bytes: int = 0  # apply: what this group sent after the send step (two_phase: its
+    # reduced shard); the round's bytes sent are the send event's payload_bytes plus this
+    reduce_rel_error: float = 0.0  # apply, two_phase: the owner's re-encode error on its shard
 
 
 ABSTAIN = b""  # the payload of a group that has nothing valid to contribute
+
+
+@dataclass
+class _TwoPhase:
+    """What a two-phase round learned before its apply (plain numbers: saved in checkpoints)."""
+
+    quant_rel_error: float = 0.0  # own shards' compression error, measured at the send
+    reduce_rel_error: float = 0.0  # the owner's re-encode error (set by the reducer)
+    raw_sent: int = 0  # phase-1 bytes sent without zstd (the shards sent to their owners)
+    received: int = 0  # phase-1 bytes: the others' contributions to the owned shard
+    raw_received: int = 0  # the same without zstd
+    excluded: tuple[tuple[int, str], ...] = ()  # left out of the owned shard, and why
 
 
 @dataclass
@@ -89,6 +123,14 @@ class _InFlight:
     send_step: int
     handle: Handle
     delta: torch.Tensor | None  # own unquantized delta (own shard), for the error metric
+    two_phase: _TwoPhase | None = None  # None: an all-gather round
+
+
+def _two_phase_info(saved: Mapping | None) -> _TwoPhase | None:
+    if saved is None:
+        return None
+    excluded = tuple((int(g), str(why)) for g, why in saved["excluded"])
+    return _TwoPhase(**{**saved, "excluded": excluded})
 
 
 def _relative_error(approx: torch.Tensor, exact: torch.Tensor) -> float:
@@ -133,6 +175,10 @@ class StreamingEngine:
         self.error: list[torch.Tensor | None] = [None] * options.fragments
         self.step_count = 0
         self.in_flight: dict[int, _InFlight] = {}
+        self.reduce = resolve_reduce(options.reduce, transport.num_groups)
+        # two_phase: each owner's [lo, hi) within this rank's shard of each fragment
+        m = transport.num_groups
+        self.owned = [shard_slices(hi - lo, m, block) for lo, hi in self.shards]
 
     # ---- the per-step entry point -------------------------------------------------------------
 
@@ -179,6 +225,8 @@ class StreamingEngine:
         # A non-finite local model (diverged, or a faulty device) must not travel: abstain, so
         # the others need not wait, and adopt the global fragment at the apply.
         abstain = not math.isfinite(float(own.norm()))
+        if self.reduce == "two_phase":
+            return self._send_two_phase(p, own, norm, abstain)
         if abstain:
             payload, sent = ABSTAIN, own
             self.error[p] = None  # the group restarts from the global fragment: nothing owed
@@ -191,6 +239,55 @@ class StreamingEngine:
         keep = sent.clone() if sent is own and own is not delta else sent
         self.in_flight[p] = _InFlight(self.step_count, handle, keep)
         return SyncEvent("send", p, self.step_count, len(payload), norm, abstained=abstain)
+
+    def _send_two_phase(self, p: int, own: torch.Tensor, norm: float, abstain: bool) -> SyncEvent:
+        """Encode one payload per owner's shard and start the two-phase round (reduce.py)."""
+        me, m, slices = self.transport.group, self.transport.num_groups, self.owned[p]
+        info = _TwoPhase()
+        if abstain:
+            shards = [ABSTAIN] * m
+            self.error[p] = None  # the group restarts from the global fragment: nothing owed
+        else:
+            acc = own
+            if self.options.error_feedback:
+                acc = self.error[p]
+                acc = own.clone() if acc is None else acc.mul_(self.options.error_decay).add_(own)
+            shards = encode_shards(self.codec, acc, slices, self._seed(p))
+            decoded = torch.cat(
+                [
+                    self.codec.decode(b, max_numel=hi - lo).to(self.state_device)
+                    for b, (lo, hi) in zip(shards, slices, strict=True)
+                ]
+            )
+            info.quant_rel_error = _relative_error(decoded, acc)
+            if self.options.error_feedback:  # only the own compression error is carried
+                self.error[p] = acc.sub_(decoded)
+        n_own = slices[me][1] - slices[me][0]
+        seed = self._seed(p)  # fixed now: the reducer runs later, in the transport's thread
+
+        def reduce(contributions: dict[int, bytes]) -> bytes:
+            r = reduce_shard(self.codec, contributions, n_own, m, seed, self.state_device)
+            others = [b for g, b in contributions.items() if g != me]
+            info.received = sum(len(b) for b in others)
+            info.raw_received = sum(self._raw_len(len(b), n_own) for b in others if b)
+            info.reduce_rel_error, info.excluded = r.reencode_rel_error, r.excluded
+            return r.payload
+
+        key = (p, self.step_count)
+        handle = self.transport.two_phase(key, shards, reduce, self.timeout_s)
+        self.in_flight[p] = _InFlight(self.step_count, handle, None, info)
+        sent = sum(len(b) for j, b in enumerate(shards) if j != me)
+        info.raw_sent = sum(
+            self._raw_len(len(b), hi - lo)
+            for j, (b, (lo, hi)) in enumerate(zip(shards, slices, strict=True))
+            if j != me and b
+        )
+        return SyncEvent("send", p, self.step_count, sent, norm, abstained=abstain)
+
+    def _raw_len(self, nbytes: int, n: int) -> int:
+        """Bytes a payload of n elements would take without zstd; `nbytes - payload_size` of a
+        zstd payload is the envelope around it, if any (0 for a bare codec payload)."""
+        return nbytes if not self.options.zstd_level else self.codec.payload_size((n,))
 
     def _seed(self, p: int) -> int:
         """The stochastic-rounding seed of this send: a function of where it is in the run
@@ -221,6 +318,8 @@ class StreamingEngine:
         t0 = time.perf_counter()
         payloads = flight.handle.wait(self.timeout_s)
         blocked = time.perf_counter() - t0
+        if flight.two_phase is not None:
+            return self._apply_two_phase(p, flight, payloads, blocked)
         lo, hi = self.shards[p]
         n = hi - lo
         total: torch.Tensor | None = None
@@ -244,12 +343,7 @@ class StreamingEngine:
         if total is not None:  # no valid payload at all: the global fragment stays as it was
             mean_norm = float(total.div_(used).norm())  # total is now the mean delta
             self.momentum[p] = self.outer.step_(glob[lo:hi], total, self.momentum[p])
-        if self.comm.size > 1:  # assemble the stepped shards over the group's fast link
-            self.comm.all_gather(glob[lo:hi], glob, self.shard_len[p])
-            own_used = self._all_ranks(own_used)
-        merge_(self.params[p], glob, self.options.alpha if own_used else 0.0)
-        if not own_used:  # local = global now: the residual belonged to a discarded trajectory
-            self.error[p] = None
+        own_used = self._merge(p, own_used)
         return SyncEvent(
             "apply",
             p,
@@ -267,21 +361,112 @@ class StreamingEngine:
             sent_at=flight.send_step,
         )
 
+    def _merge(self, p: int, own_used: bool) -> bool:
+        """Assemble the stepped global fragment (K > 1) and merge it into the local one; returns
+        whether every rank's own contribution was used (else the group adopted the global)."""
+        glob = self.global_params[p]
+        if self.comm.size > 1:  # assemble the stepped shards over the group's fast link
+            lo, hi = self.shards[p]
+            self.comm.all_gather(glob[lo:hi], glob, self.shard_len[p])
+            own_used = self._all_ranks(own_used)
+        merge_(self.params[p], glob, self.options.alpha if own_used else 0.0)
+        if not own_used:  # local = global now: the residual belonged to a discarded trajectory
+            self.error[p] = None
+        return own_used
+
+    def _apply_two_phase(
+        self, p: int, flight: _InFlight, reduced: dict[int, bytes], blocked: float
+    ) -> SyncEvent:
+        """Decode the M reduced shards (the same bytes on every group), outer-step, merge."""
+        info = flight.two_phase
+        assert info is not None
+        me, m = self.transport.group, self.transport.num_groups
+        lo, hi = self.shards[p]
+        mean = torch.zeros(hi - lo, device=self.state_device)  # (n,) the mean delta
+        present: list[tuple[int, int]] = []
+        left_out: dict[int, list[int]] = {}  # group -> shards it is missing from
+        missing: list[tuple[int, str]] = []
+        own_used = True
+        for j, (a, b) in enumerate(self.owned[p]):
+            used, why = self._reduced_shard(reduced.get(j, b""), mean[a:b])
+            if used is None:
+                missing.append((j, f"its reduced shard {j} {why}: shard {j} skipped this round"))
+                own_used = False
+                continue
+            present.append((a, b))
+            own_used = own_used and me in used
+            for g in range(m):
+                if g not in used:
+                    left_out.setdefault(g, []).append(j)
+        mean_norm = float(mean.norm())  # before the step: it uses mean as scratch space
+        glob = self.global_params[p][lo:hi]
+        if len(present) == len(self.owned[p]):  # the common case: one step, as the all-gather
+            self.momentum[p] = self.outer.step_(glob, mean, self.momentum[p])
+        elif present:  # step only the shards that arrived; the others keep global and momentum
+            if self.momentum[p] is None and self.options.momentum != 0:
+                self.momentum[p] = torch.zeros_like(mean)  # 0*m + g == g: torch's first step
+            buf = self.momentum[p]
+            for a, b in present:
+                self.outer.step_(glob[a:b], mean[a:b], None if buf is None else buf[a:b])
+        own_used = self._merge(p, own_used)
+        whys = dict(info.excluded)  # the owned shard's reasons are known here in full
+        excluded = tuple(
+            (g, whys.get(g, f"left out of shards {js} by their owners (abstained or invalid)"))
+            for g, js in sorted(left_out.items())
+        ) + tuple(missing)
+        others = [b for j, b in reduced.items() if j != me]
+        mine = reduced.get(me, b"")
+        return SyncEvent(
+            "apply",
+            p,
+            self.step_count,
+            payload_bytes=sum(len(b) for b in reduced.values()),
+            raw_bytes=info.raw_sent
+            + info.raw_received
+            + sum(self._raw_reduced(len(b), self._owned_len(p, j)) for j, b in reduced.items()),
+            quant_rel_error=info.quant_rel_error,
+            mean_delta_norm=mean_norm,
+            blocked_s=blocked,
+            groups=min((m - len(js) for js in left_out.values()), default=m) if present else 0,
+            excluded=excluded,
+            adopted=not own_used,
+            own_missing=me not in reduced,
+            received_bytes=info.received + sum(len(b) for b in others),
+            sent_at=flight.send_step,
+            sent_bytes=len(mine),
+            reduce_rel_error=info.reduce_rel_error,
+        )
+
+    def _reduced_shard(self, payload: bytes, out: torch.Tensor) -> tuple[list[int] | None, str]:
+        """Decode one reduced shard into `out`; (contributors, "") or (None, why not)."""
+        if not payload:
+            return None, "never arrived (its owner left, or missed the round)"
+        try:
+            used, body = unpack_reduced(payload, self.transport.num_groups)
+        except ReducedError as e:
+            return None, f"is invalid: {e}"
+        if not used:
+            return None, "holds no contribution (none was valid)"
+        decoded, why = decode_contribution(self.codec, body, out.numel(), self.state_device)
+        if decoded is None:
+            return None, f"is invalid: {why}"
+        out.copy_(decoded)
+        return used, ""
+
+    def _owned_len(self, p: int, j: int) -> int:
+        a, b = self.owned[p][j]
+        return b - a
+
+    def _raw_reduced(self, nbytes: int, n: int) -> int:
+        """A reduced shard's bytes without zstd: its envelope plus the bare codec payload."""
+        envelope = envelope_size(self.transport.num_groups)
+        if nbytes <= envelope:  # no body: nobody's contribution was valid
+            return nbytes
+        return envelope + self._raw_len(nbytes - envelope, n)
+
     def _decode(self, payload: bytes, n: int) -> tuple[torch.Tensor | None, str]:
         """The payload as an (n,) fp32 tensor, or None and why it cannot take part."""
-        if not payload:
-            return None, "sent nothing (its pseudo-gradient was not finite, or it was lost)"
-        try:
-            # max_numel bounds what a hostile zstd payload can make us allocate.
-            decoded = self.codec.decode(payload, max_numel=n).to(self.state_device)
-        except ValueError as e:  # CodecError: header, checksum, size, non-finite values
-            return None, f"invalid payload: {e}"
-        if decoded.shape != (n,):
-            return None, (
-                f"sent {tuple(decoded.shape)} elements, expected ({n},) "
-                "(a different model or fragment plan?)"
-            )
-        return decoded, ""
+        return decode_contribution(self.codec, payload, n, self.state_device)
 
     def _all_ranks(self, flag: bool) -> bool:
         """True only if every rank of the group says so (they must merge alike)."""
@@ -323,6 +508,8 @@ class StreamingEngine:
             in_flight[p] = {
                 "send_step": flight.send_step,
                 "delta": flight.delta,
+                # a two-phase round: its payloads are the reduced shards, by owner
+                "two_phase": None if flight.two_phase is None else asdict(flight.two_phase),
                 "payloads": {
                     g: torch.frombuffer(bytearray(b), dtype=torch.uint8)
                     for g, b in payloads.items()
@@ -369,6 +556,7 @@ class StreamingEngine:
                     {int(g): bytes(t.numpy().tobytes()) for g, t in f["payloads"].items()}
                 ),
                 f["delta"],
+                _two_phase_info(f.get("two_phase")),
             )
             for p, f in state["in_flight"].items()
         }

@@ -29,6 +29,7 @@ class OuterOptions(Protocol):
     schedule: str
     state_device: str
     final_sync: bool
+    reduce: str  # "allgather" | "two_phase" | "auto" (reduce.py)
 
 
 class OptionError(ValueError):

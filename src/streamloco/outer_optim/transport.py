@@ -9,6 +9,14 @@ Byte accounting (exact, counted where the bytes move): an all-gather through a b
 store in real runs, a dict here) costs each group its own payload once out and the M-1 other
 payloads in. `bytes_sent` and `bytes_received` count exactly that.
 
+The two-phase reduce (outer_optim/reduce.py) needs two more primitives: `scatter` (phase 1: shard
+j of a group's payload goes to group j only) and `exchange_reduced` (phase 2: an all-gather of the
+owners' reduced shards, in its own key space). `TwoPhaseHandle` chains them in a background thread
+(scatter, reduce, publish, gather), so both hops run while training goes on and the apply only
+waits for what has not landed yet. Bytes are counted in the same broker model: a shard or reduced
+shard is counted once where it is uploaded and once where it is downloaded; a group's own shard
+never travels.
+
 `InProcessHub` serves M replicas running in threads of one process. It can simulate a slow link
 (bandwidth per group and latency) so that one machine shows what overlapping communication with
 computation buys: a group's upload starts when it calls `exchange` and takes latency + size /
@@ -22,10 +30,12 @@ from __future__ import annotations
 import threading
 import time
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 Key = tuple[int, int]  # (fragment, send step)
+# key spaces of the hub's rounds: the all-gather, the two-phase scatter, the reduced all-gather
+ALLGATHER, SCATTER, REDUCED = 0, 1, 2
 
 
 class TransportError(RuntimeError):
@@ -61,6 +71,74 @@ class Transport(ABC):
     def exchange(self, key: Key, payload: bytes) -> Handle:
         """Start the all-gather of `payload` for `key`; never blocks on the other groups."""
 
+    def scatter(self, key: Key, shards: Sequence[bytes]) -> Handle:
+        """Phase 1 of the two-phase reduce: send `shards[j]` to group j (one per group; the own
+        one stays here). `wait()` returns {sender: the shard it addressed to this group}, own
+        included. Never blocks on the other groups."""
+        raise TransportError(f"{type(self).__name__} has no two-phase reduce (outer.reduce)")
+
+    def exchange_reduced(self, key: Key, payload: bytes) -> Handle:
+        """Phase 2: the all-gather of this group's reduced shard for `key` (a key space of its
+        own, so it never meets the phase-1 or all-gather rounds of the same key)."""
+        raise TransportError(f"{type(self).__name__} has no two-phase reduce (outer.reduce)")
+
+    def two_phase(
+        self, key: Key, shards: Sequence[bytes], reduce: Reducer, timeout: float | None
+    ) -> Handle:
+        """Start the whole two-phase round; `reduce` turns the contributions to this group's
+        shard into its reduced shard. `wait()` returns {owner: reduced shard}."""
+        return TwoPhaseHandle(self, key, shards, reduce, timeout)
+
+
+Reducer = Callable[[dict[int, bytes]], bytes]
+
+
+class TwoPhaseHandle(Handle):
+    """Scatter, reduce, publish and gather in a background thread (see the module docstring).
+
+    `timeout` bounds each of the two waits of the thread; `wait(timeout)` bounds the caller's.
+    A failure in the thread (timeout, abort, a bad reducer) is raised by `wait`."""
+
+    def __init__(
+        self,
+        transport: Transport,
+        key: Key,
+        shards: Sequence[bytes],
+        reduce: Reducer,
+        timeout: float | None,
+    ) -> None:
+        self._key, self._timeout = key, timeout
+        self._transport, self._reduce = transport, reduce
+        self._scatter = transport.scatter(key, shards)
+        self._result: dict[int, bytes] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=f"reduce-{key}", daemon=True)
+        self._thread.start()
+
+    def _run(self) -> None:
+        try:
+            contributions = self._scatter.wait(self._timeout)
+            reduced = self._reduce(contributions)
+            gather = self._transport.exchange_reduced(self._key, reduced)
+            self._result = gather.wait(self._timeout)
+        except BaseException as e:  # handed to the caller of wait()
+            self._error = e
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> dict[int, bytes]:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TransportError(
+                f"two-phase round {self._key} (group {self._transport.group}): not complete "
+                f"after {timeout}s"
+            )
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
 
 class DrillTransport(Transport):
     """Wraps a group's transport so a fault drill can damage what it sends: `corrupt_next()`
@@ -75,11 +153,26 @@ class DrillTransport(Transport):
     def corrupt_next(self) -> None:
         self._corrupt = True
 
-    def exchange(self, key: Key, payload: bytes) -> Handle:
+    def _damage(self, payload: bytes) -> bytes:
         if self._corrupt and payload:
             self._corrupt = False
             payload = payload[:-1] + bytes([payload[-1] ^ 0xFF])
-        return self.inner.exchange(key, payload)
+        return payload
+
+    def exchange(self, key: Key, payload: bytes) -> Handle:
+        return self.inner.exchange(key, self._damage(payload))
+
+    def scatter(self, key: Key, shards: Sequence[bytes]) -> Handle:
+        # damage the first shard that travels (the own one never crosses a link)
+        out = list(shards)
+        for j, shard in enumerate(out):
+            if j != self.group and shard:
+                out[j] = self._damage(shard)
+                break
+        return self.inner.scatter(key, out)
+
+    def exchange_reduced(self, key: Key, payload: bytes) -> Handle:
+        return self.inner.exchange_reduced(key, payload)
 
 
 class CompletedHandle(Handle):
@@ -143,7 +236,8 @@ def sleep_until(when: float, clock: Callable[[], float] = time.monotonic) -> Non
 
 @dataclass
 class _Round:
-    payloads: dict[int, bytes] = field(default_factory=dict)
+    # group -> its payload (all-gather lanes) or its tuple of shards, one per owner (SCATTER)
+    payloads: dict[int, bytes | tuple[bytes, ...]] = field(default_factory=dict)
     upload_done: dict[int, float] = field(default_factory=dict)  # group -> monotonic time
     complete: threading.Event = field(default_factory=threading.Event)
     waiting: int = 0  # groups that have not collected their result yet
@@ -158,7 +252,7 @@ class InProcessHub:
         self.num_groups = num_groups
         self.link = link or LinkModel()
         self._lock = threading.Lock()
-        self._rounds: dict[Key, _Round] = {}
+        self._rounds: dict[tuple[int, Key], _Round] = {}  # (lane, key) -> round
         self._links = [LinkClock(self.link) for _ in range(num_groups)]
         self._aborted: str | None = None
 
@@ -174,22 +268,24 @@ class InProcessHub:
             raise ValueError(f"group {group} outside [0, {self.num_groups})")
         return InProcessTransport(self, group)
 
-    def _submit(self, group: int, key: Key, payload: bytes) -> _Round:
+    def _submit(
+        self, group: int, key: Key, payload: bytes | tuple[bytes, ...], lane: int = ALLGATHER
+    ) -> _Round:
         now = time.monotonic()
         with self._lock:
             if self._aborted:
                 raise TransportError(f"round {key}: hub aborted: {self._aborted}")
-            rnd = self._rounds.setdefault(key, _Round(waiting=self.num_groups))
+            rnd = self._rounds.setdefault((lane, key), _Round(waiting=self.num_groups))
             if group in rnd.payloads:
-                raise TransportError(f"group {group} sent twice for round {key}")
+                raise TransportError(f"group {group} sent twice for round {key} (lane {lane})")
             rnd.payloads[group] = payload
-            rnd.upload_done[group] = self._links[group].upload(now, len(payload))
+            rnd.upload_done[group] = self._links[group].upload(now, _uploaded(group, payload))
             if len(rnd.payloads) == self.num_groups:
                 rnd.complete.set()
             return rnd
 
     def _collect(
-        self, group: int, key: Key, rnd: _Round, timeout: float | None
+        self, group: int, key: Key, rnd: _Round, timeout: float | None, lane: int = ALLGATHER
     ) -> tuple[dict[int, bytes], float]:
         """Wait for the round, then for the simulated transfer; returns (payloads, ready time)."""
         if not rnd.complete.wait(timeout):
@@ -200,18 +296,33 @@ class InProcessHub:
         with self._lock:
             if self._aborted:
                 raise TransportError(f"round {key}: hub aborted: {self._aborted}")
-            received = sum(len(p) for g, p in rnd.payloads.items() if g != group)
+            mine = {g: _addressed(p, group) for g, p in sorted(rnd.payloads.items())}
+            received = sum(len(p) for g, p in mine.items() if g != group)
             ready = self._links[group].download(max(rnd.upload_done.values()), received)
             rnd.waiting -= 1
             if rnd.waiting == 0:
-                del self._rounds[key]
+                del self._rounds[(lane, key)]
         sleep_until(ready)
-        return dict(sorted(rnd.payloads.items())), ready
+        return mine, ready
+
+
+def _addressed(payload: bytes | tuple[bytes, ...], group: int) -> bytes:
+    """What `group` receives of a submission: the payload, or its shard of a scatter."""
+    return payload[group] if isinstance(payload, tuple) else payload
+
+
+def _uploaded(group: int, payload: bytes | tuple[bytes, ...]) -> int:
+    """Bytes a submission puts on the sender's link: a scatter's own shard stays home."""
+    if isinstance(payload, tuple):
+        return sum(len(s) for j, s in enumerate(payload) if j != group)
+    return len(payload)
 
 
 class _HubHandle(Handle):
-    def __init__(self, transport: InProcessTransport, key: Key, rnd: _Round) -> None:
-        self._transport, self._key, self._round = transport, key, rnd
+    def __init__(
+        self, transport: InProcessTransport, key: Key, rnd: _Round, lane: int = ALLGATHER
+    ) -> None:
+        self._transport, self._key, self._round, self._lane = transport, key, rnd, lane
         self._result: dict[int, bytes] | None = None
         self.ready_at: float | None = None  # monotonic time the simulated transfer completed
 
@@ -221,7 +332,9 @@ class _HubHandle(Handle):
     def wait(self, timeout: float | None = None) -> dict[int, bytes]:
         if self._result is None:
             t = self._transport
-            self._result, self.ready_at = t.hub._collect(t.group, self._key, self._round, timeout)
+            self._result, self.ready_at = t.hub._collect(
+                t.group, self._key, self._round, timeout, self._lane
+            )
             t.stats.bytes_received += sum(len(p) for g, p in self._result.items() if g != t.group)
         return self._result
 
@@ -236,3 +349,17 @@ class InProcessTransport(Transport):
         self.stats.bytes_sent += len(payload)
         self.stats.exchanges += 1
         return _HubHandle(self, key, rnd)
+
+    def scatter(self, key: Key, shards: Sequence[bytes]) -> Handle:
+        if len(shards) != self.num_groups:
+            raise TransportError(f"scatter: {len(shards)} shards for {self.num_groups} groups")
+        shards = tuple(bytes(s) for s in shards)
+        rnd = self.hub._submit(self.group, key, shards, SCATTER)
+        self.stats.bytes_sent += _uploaded(self.group, shards)
+        self.stats.exchanges += 1  # one round, counted once (here, not in phase 2)
+        return _HubHandle(self, key, rnd, SCATTER)
+
+    def exchange_reduced(self, key: Key, payload: bytes) -> Handle:
+        rnd = self.hub._submit(self.group, key, payload, REDUCED)
+        self.stats.bytes_sent += len(payload)
+        return _HubHandle(self, key, rnd, REDUCED)

@@ -223,7 +223,8 @@ class Trainer:
                     )
                 continue
             self.blocked_s += ev.blocked_s
-            sent = self._sent_at.pop(ev.fragment, 0)
+            # two_phase: the send's shards plus the reduced shard published during the round
+            sent = self._sent_at.pop(ev.fragment, 0) + ev.sent_bytes
             rep.rounds.append(
                 RoundRecord(
                     fragment=ev.fragment,
