@@ -21,6 +21,16 @@ once per exchange (one put, however many groups read it), `bytes_received` the M
 fetched in `wait`. References and round metadata sent to the coordinator are not counted (tens of
 bytes per group and round).
 
+Two-phase reduce (`outer.reduce = "two_phase"`, outer_optim/reduce.py): the same rounds in two
+more *lanes* of the coordinator, keyed (rank, lane) instead of rank. Phase 1 (`scatter`): a group
+puts each shard it addresses to another group as an object of its own (its own shard stays home)
+and submits the list of references; owner j fetches only shard j of every participant. Nobody
+else reduces shard j, so phase 1 needs no agreement on lost payloads (the owner's fetch decides);
+it still confirms, which is how the coordinator forgets a round. Phase 2 (`exchange_reduced`) is
+the all-gather above, of the owners' reduced shards: a reduced shard whose owner died before
+everyone fetched it is left out by all (agreement), and every group then skips that shard alike.
+Bytes: phase 1 counts the shards put for others (sent) and the shards fetched (received).
+
 Simulated link: the same `LinkClock` as InProcessHub, one per transport, on wall time
 (`time.time()`) because upload times stamped by different processes are compared (across hosts
 this assumes synchronized clocks, which only matters when simulating).
@@ -31,6 +41,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -38,6 +49,8 @@ import ray
 from ray.exceptions import GetTimeoutError, RayError
 
 from streamloco.outer_optim.transport import (
+    REDUCED,
+    SCATTER,
     Handle,
     Key,
     LinkClock,
@@ -51,8 +64,12 @@ from streamloco.outer_optim.transport import (
 # on an event costs next to nothing, so leave generous room.
 MAX_CONCURRENCY = 4096
 
-RoundKey = tuple[int, int, int]  # (rank, fragment, send step)
-Entry = tuple[list[Any], int, float]  # ([payload ObjectRef], nbytes, upload done wall time)
+# lane: the rank for the all-gather; (rank, SCATTER | REDUCED) for the two phases of the reduce
+Lane = int | tuple[int, int]
+RoundKey = tuple[Lane, int, int]  # (lane, fragment, send step)
+# ([payload ObjectRef], nbytes, upload done wall time); a scatter lists one ref per owner (None
+# for the sender's own shard)
+Entry = tuple[list[Any], int, float]
 
 
 @dataclass
@@ -70,6 +87,8 @@ class _Round:
 
 class Coordinator:
     """The rounds of one run. Plain asyncio code; `create_coordinator` runs it as a Ray actor.
+
+    `rank` is the round's lane: a rank, or (rank, phase) for the two-phase reduce.
 
     Membership: a round (rank, fragment, send step) waits for every *member* group, a group being
     a member of the rounds sent after the step it joined at. `leave(g)` (the driver saw group g
@@ -97,7 +116,7 @@ class Coordinator:
         self._rounds: dict[RoundKey, _Round] = {}
         self._aborted: str | None = None
 
-    def _round(self, rank: int, key: Key) -> _Round:
+    def _round(self, rank: Lane, key: Key) -> _Round:
         # A collect may run before its own submit (an async actor does not order calls), so
         # whichever comes first opens the round.
         return self._rounds.setdefault((rank, *key), _Round())
@@ -124,7 +143,7 @@ class Coordinator:
     async def submit(
         self,
         group: int,
-        rank: int,
+        rank: Lane,
         key: Key,
         payload_ref: list[Any],
         nbytes: int,
@@ -153,7 +172,7 @@ class Coordinator:
         return None
 
     async def collect(
-        self, group: int, rank: int, key: Key, timeout_s: float | None
+        self, group: int, rank: Lane, key: Key, timeout_s: float | None
     ) -> tuple[str, Any]:
         """Wait until the round closes: ("ok", {group: entry} of its participants, sorted),
         ("missing", [groups]) after `timeout_s`, or ("aborted", reason)."""
@@ -170,7 +189,7 @@ class Coordinator:
         return "ok", dict(sorted(rnd.entries.items()))
 
     async def confirm(
-        self, group: int, rank: int, key: Key, lacking: list[int], timeout_s: float | None
+        self, group: int, rank: Lane, key: Key, lacking: list[int], timeout_s: float | None
     ) -> tuple[str, Any]:
         """After fetching: `group` reports the payloads it could not fetch (their sender died
         first). Returns ("ok", groups to leave out) once every participant still alive has
@@ -219,7 +238,7 @@ class Coordinator:
         """Group `group` takes part in every round sent after `since_step`."""
         self.members[group] = since_step
 
-    async def missing(self, rank: int, key: Key) -> list[int] | None:
+    async def missing(self, rank: Lane, key: Key) -> list[int] | None:
         """Member groups that have not submitted for the round; None if it is not open."""
         rk = (rank, *key)
         rnd = self._rounds.get(rk)
@@ -281,9 +300,16 @@ def get_coordinator(name: str, namespace: str | None = None):
 
 class RayHandle(Handle):
     def __init__(
-        self, transport: RayTransport, key: Key, payload: bytes, submitted, collected
+        self,
+        transport: RayTransport,
+        key: Key,
+        payload: Any,
+        submitted,
+        collected,
+        lane: Lane | None = None,
     ) -> None:
         self._transport, self._key, self._payload = transport, key, payload
+        self._lane = transport.rank if lane is None else lane
         self._submitted, self._collected = submitted, collected
         self._result: dict[int, bytes] | None = None
         self._error: BaseException | None = None
@@ -321,14 +347,19 @@ class RayHandle(Handle):
     def _missing(self, timeout: float) -> list[int] | str:
         t = self._transport
         try:
-            missing = ray.get(t.coordinator.missing.remote(t.rank, self._key), timeout=timeout)
+            missing = ray.get(t.coordinator.missing.remote(self._lane, self._key), timeout=timeout)
         except RayError as e:
             return f"(unknown: the coordinator did not answer: {type(e).__name__})"
         return "(unknown: the round is not open at the coordinator)" if missing is None else missing
 
-    def _complete(self, timeout: float | None) -> dict[int, bytes]:
+    def _where(self) -> str:
         t = self._transport
-        where = f"round {self._key} (rank {t.rank}, group {t.group})"
+        lane = "" if isinstance(self._lane, int) else f", lane {self._lane[1]}"
+        return f"round {self._key} (rank {t.rank}, group {t.group}{lane})"
+
+    def _closed_round(self, timeout: float | None) -> dict[int, Entry]:
+        """Wait for our submit and for the round to close; its participants' entries."""
+        t, where = self._transport, self._where()
         try:
             error = ray.get(self._submitted, timeout=timeout)
             if error == "late":  # the round closed without us: we still apply its result
@@ -350,20 +381,40 @@ class RayHandle(Handle):
                 f"{where}: the coordinator timed out after {t.collect_timeout_s}s "
                 f"waiting for groups {value}"
             )
-        others = [g for g in value if g != t.group]
-        fetched = [self._fetch(value[g][0][0], g, timeout, where) for g in others]
-        lacking = [g for g, b in zip(others, fetched, strict=True) if b is None]
-        # Agree with the other participants on what goes into the mean: a payload whose sender
-        # died before everyone fetched it is left out by all, not used by some.
+        return value
+
+    def _confirm(self, lacking: list[int], timeout: float | None) -> list[int]:
+        """Tell the coordinator what we could not fetch; the union of what anyone lacks."""
+        t, where = self._transport, self._where()
         try:
             status, left_out = ray.get(
-                t.coordinator.confirm.remote(t.group, t.rank, self._key, lacking, timeout),
+                t.coordinator.confirm.remote(t.group, self._lane, self._key, lacking, timeout),
                 timeout=None if timeout is None else timeout + 5,
             )
         except RayError as e:
             raise TransportError(f"{where}: coordinator failed: {e}") from e
         if status != "ok":
             raise TransportError(f"{where}: no agreement on the round's payloads: {left_out}")
+        return left_out
+
+    def _landed(self, value: dict[int, Entry], received: int) -> None:
+        """Wait out the simulated download and count it."""
+        t = self._transport
+        landed = max(upload_done for _, _, upload_done in value.values())
+        self.ready_at = t.clock.download(landed, received)
+        sleep_until(self.ready_at, time.time)
+        t.stats.bytes_received += received
+        t.pending.discard((self._lane, self._key))
+
+    def _complete(self, timeout: float | None) -> dict[int, bytes]:
+        t, where = self._transport, self._where()
+        value = self._closed_round(timeout)
+        others = [g for g in value if g != t.group]
+        fetched = [self._fetch(value[g][0][0], g, timeout, where) for g in others]
+        lacking = [g for g, b in zip(others, fetched, strict=True) if b is None]
+        # Agree with the other participants on what goes into the mean: a payload whose sender
+        # died before everyone fetched it is left out by all, not used by some.
+        left_out = self._confirm(lacking, timeout)
         lost = [g for g in lacking if g not in left_out]
         if lost:  # only a late group can get here: the others used what it cannot fetch
             raise TransportError(
@@ -371,12 +422,7 @@ class RayHandle(Handle):
                 "this group cannot follow it and must recover from a peer"
             )
         fetched = [b"" if g in left_out else b for g, b in zip(others, fetched, strict=True)]
-        received = sum(len(b) for b in fetched)
-        landed = max(upload_done for _, _, upload_done in value.values())
-        self.ready_at = t.clock.download(landed, received)
-        sleep_until(self.ready_at, time.time)
-        t.stats.bytes_received += received
-        t.pending.discard(self._key)
+        self._landed(value, sum(len(b) for b in fetched))
         result = dict(zip(others, fetched, strict=True))
         if t.group in value:  # not when the round closed before our payload arrived
             result[t.group] = self._payload
@@ -392,6 +438,25 @@ class RayHandle(Handle):
             raise TransportError(f"{where}: timed out fetching group {group}'s payload") from e
         except RayError:
             return None
+
+
+class ScatterHandle(RayHandle):
+    """Phase 1 of the two-phase reduce: fetch only the shards addressed to this group."""
+
+    def _complete(self, timeout: float | None) -> dict[int, bytes]:
+        t, where = self._transport, self._where()
+        value = self._closed_round(timeout)
+        others = [g for g in value if g != t.group]
+        fetched = [self._fetch(value[g][0][t.group], g, timeout, where) for g in others]
+        # The owner alone reduces its shard: what it could not fetch (the sender died first) is
+        # left out by its own decision. Confirming only lets the coordinator forget the round.
+        self._confirm([g for g, b in zip(others, fetched, strict=True) if b is None], timeout)
+        fetched = [b or b"" for b in fetched]
+        self._landed(value, sum(len(b) for b in fetched))
+        result = dict(zip(others, fetched, strict=True))
+        if t.group in value:  # not when the round closed before our shards arrived
+            result[t.group] = self._payload[t.group]
+        return dict(sorted(result.items()))
 
 
 class RayTransport(Transport):
@@ -418,23 +483,40 @@ class RayTransport(Transport):
         self.link = link or LinkModel()
         self.clock = LinkClock(self.link)
         self.collect_timeout_s = collect_timeout_s
-        self.pending: set[Key] = set()  # sent, not yet received: a second send is a bug
+        # (lane, key) sent, not yet received: a second send is a bug
+        self.pending: set[tuple[Lane, Key]] = set()
+
+    def _submit(self, key: Key, lane: Lane, refs: list[Any], nbytes: int) -> tuple[Key, Any, Any]:
+        key = (int(key[0]), int(key[1]))
+        if (lane, key) in self.pending:
+            raise TransportError(
+                f"group {self.group} sent twice for round {key} (rank {self.rank}, lane {lane})"
+            )
+        upload_done = self.clock.upload(time.time(), nbytes)
+        submitted = self.coordinator.submit.remote(self.group, lane, key, refs, nbytes, upload_done)
+        collected = self.coordinator.collect.remote(self.group, lane, key, self.collect_timeout_s)
+        self.pending.add((lane, key))
+        self.stats.bytes_sent += nbytes
+        return key, submitted, collected
 
     def exchange(self, key: Key, payload: bytes) -> Handle:
-        key = (int(key[0]), int(key[1]))
-        if key in self.pending:
-            raise TransportError(
-                f"group {self.group} sent twice for round {key} (rank {self.rank})"
-            )
-        upload_done = self.clock.upload(time.time(), len(payload))
-        ref = ray.put(payload)
-        submitted = self.coordinator.submit.remote(
-            self.group, self.rank, key, [ref], len(payload), upload_done
-        )
-        collected = self.coordinator.collect.remote(
-            self.group, self.rank, key, self.collect_timeout_s
-        )
-        self.pending.add(key)
-        self.stats.bytes_sent += len(payload)
+        key, submitted, collected = self._submit(key, self.rank, [ray.put(payload)], len(payload))
         self.stats.exchanges += 1
         return RayHandle(self, key, payload, submitted, collected)
+
+    def scatter(self, key: Key, shards: Sequence[bytes]) -> Handle:
+        if len(shards) != self.num_groups:
+            raise TransportError(f"scatter: {len(shards)} shards for {self.num_groups} groups")
+        shards = tuple(bytes(b) for b in shards)
+        # one object per shard, so owner j pulls only its own; the own shard never leaves
+        refs = [None if j == self.group else ray.put(b) for j, b in enumerate(shards)]
+        nbytes = sum(len(b) for j, b in enumerate(shards) if j != self.group)
+        lane = (self.rank, SCATTER)
+        key, submitted, collected = self._submit(key, lane, refs, nbytes)
+        self.stats.exchanges += 1  # one round, counted once (here, not in phase 2)
+        return ScatterHandle(self, key, shards, submitted, collected, lane)
+
+    def exchange_reduced(self, key: Key, payload: bytes) -> Handle:
+        lane = (self.rank, REDUCED)
+        key, submitted, collected = self._submit(key, lane, [ray.put(payload)], len(payload))
+        return RayHandle(self, key, payload, submitted, collected, lane)

@@ -387,6 +387,7 @@ class StreamingEngine:
         left_out: dict[int, list[int]] = {}  # group -> shards it is missing from
         missing: list[tuple[int, str]] = []
         own_used = True
+        counts: list[int] = []  # contributors of each shard that arrived
         for j, (a, b) in enumerate(self.owned[p]):
             used, why = self._reduced_shard(reduced.get(j, b""), mean[a:b])
             if used is None:
@@ -394,6 +395,7 @@ class StreamingEngine:
                 own_used = False
                 continue
             present.append((a, b))
+            counts.append(len(used))
             own_used = own_used and me in used
             for g in range(m):
                 if g not in used:
@@ -427,7 +429,7 @@ class StreamingEngine:
             quant_rel_error=info.quant_rel_error,
             mean_delta_norm=mean_norm,
             blocked_s=blocked,
-            groups=min((m - len(js) for js in left_out.values()), default=m) if present else 0,
+            groups=min(counts, default=0),  # the fewest contributions in any shard
             excluded=excluded,
             adopted=not own_used,
             own_missing=me not in reduced,
