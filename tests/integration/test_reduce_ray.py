@@ -34,31 +34,37 @@ OPTS = OuterConfig(
 )
 
 
-def _train(transport: Transport) -> tuple[list[torch.Tensor], tuple[int, int, int]]:
-    """One group's run: (global parameters, (bytes sent, bytes received, rounds))."""
-    torch.manual_seed(0)  # every group starts from the same initialization
-    model = Transformer(model_args("tiny", VOCAB, SEQ))
-    opt = torch.optim.AdamW(model.parameters(), lr=3e-3, foreach=False)
-    engine = StreamingEngine(model, OPTS, transport, timeout_s=60)
-    stream = SyntheticStream(
-        MarkovLanguage(VOCAB, branching=2, seed=0), BATCH, SEQ, seed=1, stream=transport.group
-    )
-    for _ in range(STEPS):
-        batch = stream.next()
-        loss = model.loss(batch[:, :-1], batch[:, 1:])
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        engine.step()
-    engine.finish()
-    s = transport.stats
-    return [g.clone() for g in engine.global_params], (s.bytes_sent, s.bytes_received, s.exchanges)
+class _Group:
+    """One group's model, inner optimizer, data and engine (built before any thread starts:
+    torch's global RNG, the initialization, is shared by threads)."""
+
+    def __init__(self, transport: Transport) -> None:
+        torch.manual_seed(0)  # every group starts from the same initialization
+        self.model = Transformer(model_args("tiny", VOCAB, SEQ))
+        self.opt = torch.optim.AdamW(self.model.parameters(), lr=3e-3, foreach=False)
+        self.engine = StreamingEngine(self.model, OPTS, transport, timeout_s=60)
+        language = MarkovLanguage(VOCAB, branching=2, seed=0)
+        self.stream = SyntheticStream(language, BATCH, SEQ, seed=1, stream=transport.group)
+
+    def train(self) -> tuple[list[torch.Tensor], tuple[int, int, int]]:
+        """(global parameters, (bytes sent, bytes received, rounds)) after the run."""
+        for _ in range(STEPS):
+            batch = self.stream.next()
+            loss = self.model.loss(batch[:, :-1], batch[:, 1:])
+            self.opt.zero_grad()
+            loss.backward()
+            self.opt.step()
+            self.engine.step()
+        self.engine.finish()
+        s = self.engine.transport.stats
+        params = [g.clone() for g in self.engine.global_params]
+        return params, (s.bytes_sent, s.bytes_received, s.exchanges)
 
 
 @ray.remote(num_cpus=0)
 def _group(name: str, group: int):
     torch.set_num_threads(1)
-    return _train(RayTransport(get_coordinator(name), group, M))
+    return _Group(RayTransport(get_coordinator(name), group, M)).train()
 
 
 def test_two_phase_over_ray_matches_the_in_process_run_globals_and_bytes(local_ray):
@@ -71,14 +77,14 @@ def test_two_phase_over_ray_matches_the_in_process_run_globals_and_bytes(local_r
         ray.kill(coord)
 
     hub = InProcessHub(M)
-    transports = [hub.transport(g) for g in range(M)]
+    groups = [_Group(hub.transport(g)) for g in range(M)]
     in_process: list = [None] * M
     before = torch.get_num_threads()
     torch.set_num_threads(1)  # the same kernels as the single-threaded Ray workers
     try:
         threads = [
             threading.Thread(
-                target=lambda g: in_process.__setitem__(g, _train(transports[g])), args=(g,)
+                target=lambda g: in_process.__setitem__(g, groups[g].train()), args=(g,)
             )
             for g in range(M)
         ]
