@@ -289,3 +289,61 @@ def test_save_restore_with_a_two_phase_round_in_flight_is_bit_exact():
     for a, b in zip(whole, second, strict=True):
         for ga, gb in zip(a.engine.global_params, b.engine.global_params, strict=True):
             assert torch.equal(ga, gb)
+
+
+@pytest.mark.parametrize("codec", ["e3m0", "sparse"])
+def test_k_ranks_per_group_give_the_one_rank_globals_bit_for_bit(codec):
+    """Each rank runs its own two-phase round on its 1/K of the fragment; shards are whole
+    blocks and every codec step is block-local, so the globals do not depend on K."""
+    from streamloco.outer_optim.comm import ThreadHub
+    from streamloco.outer_optim.engine import StreamingEngine
+
+    m = 3
+    opts = replace(TWO, codec=codec, block_size=64, topk=4, error_feedback=codec == "sparse")
+
+    def run(ranks: int) -> list:
+        hubs = [InProcessHub(m) for _ in range(ranks)]  # one exchange per rank index
+        comms = [ThreadHub(ranks) for _ in range(m)]
+        reps = []
+        for g in range(m):
+            for r in range(ranks):
+                rep = make_replica(g, None, None)  # ranks of a group see the same data (DDP)
+                rep.engine = StreamingEngine(
+                    rep.model, opts, hubs[r].transport(g), comms[g].comm(r), timeout_s=30
+                )
+                reps.append(rep)
+        in_threads(lambda i: reps[i].train(13), m * ranks)
+        return reps
+
+    one, two = run(1), run(2)
+    for rep in two:
+        for a, b in zip(rep.engine.global_params, one[0].engine.global_params, strict=True):
+            assert torch.equal(a, b)
+
+
+def test_the_simulated_link_carries_both_hops_one_after_the_other():
+    """With a slow link, a group's link is busy for at least the four transfers of a round
+    (scatter up, own shard down, reduced up, reduced shards down): model time, not wall time."""
+    import time
+
+    from streamloco.outer_optim.transport import LinkModel
+
+    m, bw, latency = 3, 2e6, 0.001  # bytes/s, s
+    hub = InProcessHub(m, LinkModel(bandwidth_bytes_per_s=bw, latency_s=latency))
+    codec = make_codec("e3m0", 128)
+    slices = shard_slices(3000, m, 128)
+    shards = [encode_shards(codec, torch.randn(3000), slices, seed=g) for g in range(m)]
+
+    def reducer(g):
+        return lambda c: reduce_shard(codec, c, slices[g][1] - slices[g][0], m, 0).payload
+
+    t0 = time.monotonic()
+    handles = [hub.transport(g).two_phase((0, 1), shards[g], reducer(g), 30) for g in range(m)]
+    results = [h.wait(30) for h in handles]
+    assert all(r == results[0] for r in results) and sorted(results[0]) == list(range(m))
+    up1 = sum(len(b) for b in shards[0][1:])  # group 0's shards for owners 1 and 2
+    down1 = len(shards[1][0]) + len(shards[2][0])  # the others' shards for owner 0
+    up2 = len(results[0][0])  # its reduced shard
+    down2 = len(results[0][1]) + len(results[0][2])  # the others' reduced shards
+    moved = up1 + down1 + up2 + down2
+    assert hub._links[0].free_at - t0 >= moved / bw + 4 * latency
