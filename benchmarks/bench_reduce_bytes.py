@@ -1,16 +1,18 @@
 """Per-group bytes per round of the all-gather and the two-phase reduce (outer.reduce), and what
 the two-phase reduce's second quantization costs in eval loss.
 
-Bytes: short real runs (`run_simulation`: the Trainers, the engine and the in-process hub; bytes
-do not depend on Ray) of the demo config at M = 2, 4, 8 for three wire formats: e3m0 + zstd,
-e3m0 without zstd, sparse (C=4096, k=64, error feedback). For each run, per group and round:
-bytes up, bytes down, and the ratio of each to ONE payload, the all-gather's own upload in the
-same configuration (exactly one fragment payload per round). Counts are exact, in the broker
-model of transport.py (an upload is counted once however many groups read it); the medians are
-over groups (they differ only by shard size).
+Bytes: short real runs (`run_simulation`: the Trainers, the engine and the in-process hub;
+bytes do not depend on Ray, nor on the batch: 4 sequences) of the demo config at M = 2, 4, 8
+for three wire formats: e3m0 + zstd, e3m0 without zstd, sparse (C=4096, k=64, error feedback).
+For each run, per group and round: bytes up, bytes down, and the ratio of each to ONE payload,
+the all-gather's own upload in the same configuration (exactly one fragment payload per round).
+Counts are exact, in the broker model of transport.py (an upload is counted once however many
+groups read it); the medians are over groups (they differ only by shard size).
 
-Loss: the eval loss of the global parameters after a longer run at M=4 for both reduces, median
-over --seeds seeds, with the two-phase reduce's median re-encode error (owner side).
+Loss: the eval loss of the global parameters after a longer run at M=4 (the demo config's batch)
+for both reduces, median over --seeds seeds (each seed is a paired comparison: same data, same
+initialization, the reduce is the only difference), with the two-phase reduce's median
+re-encode error (owner side).
 
     .venv/bin/python benchmarks/bench_reduce_bytes.py [--byte-steps 30] [--loss-steps 150]
         [--seeds 2] [--groups 2 4 8]
@@ -46,8 +48,11 @@ FORMATS = {
 }
 
 
-def run(fmt: str, m: int, reduce: str, steps: int, seed: int = 0, log: bool = False) -> RunResult:
+def run(
+    fmt: str, m: int, reduce: str, steps: int, seed: int = 0, batch: int = 0, log: bool = False
+) -> RunResult:
     overrides = [
+        *([f"--train.batch_size={batch}"] if batch else []),
         *FORMATS[fmt],
         f"--outer.reduce={reduce}",
         f"--train.groups={m}",
@@ -65,6 +70,10 @@ def run(fmt: str, m: int, reduce: str, steps: int, seed: int = 0, log: bool = Fa
         print(f"  ({fmt}, M={m}, {reduce}: {time.perf_counter() - t0:.0f} s)", flush=True)
     assert res.globals_identical(), (fmt, m, reduce)
     return res
+
+
+# Bytes depend on the model, not on the batch: the byte runs use a small one (4 sequences).
+BYTES = {"batch": 4, "log": True}
 
 
 def per_round(res: RunResult) -> tuple[float, float, int]:
@@ -85,11 +94,11 @@ def bytes_table(groups: list[int], steps: int) -> None:
     print("|---|---|---|---|---|---|---|---|---|")
     for fmt in FORMATS:
         for m in groups:
-            base_up, base_down, rounds = per_round(run(fmt, m, "allgather", steps, log=True))
+            base_up, base_down, rounds = per_round(run(fmt, m, "allgather", steps, **BYTES))
             payload = base_up  # the all-gather uploads exactly one payload per round
             for reduce, (up, down, n) in (
                 ("allgather", (base_up, base_down, rounds)),
-                ("two_phase", per_round(run(fmt, m, "two_phase", steps, log=True))),
+                ("two_phase", per_round(run(fmt, m, "two_phase", steps, **BYTES))),
             ):
                 assert n == rounds
                 f_up, f_down = bytes_per_round(reduce, m, 1.0)
