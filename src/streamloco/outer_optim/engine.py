@@ -285,8 +285,8 @@ class StreamingEngine:
         return SyncEvent("send", p, self.step_count, sent, norm, abstained=abstain)
 
     def _raw_len(self, nbytes: int, n: int) -> int:
-        """Bytes a payload of n elements would take without zstd; `nbytes - payload_size` of a
-        zstd payload is the envelope around it, if any (0 for a bare codec payload)."""
+        """Bytes a non-empty codec payload of n elements (nbytes on the wire) would take without
+        the zstd stage: the codec's exact size formula."""
         return nbytes if not self.options.zstd_level else self.codec.payload_size((n,))
 
     def _seed(self, p: int) -> int:
