@@ -238,7 +238,8 @@ class OuterConfig:
         "how groups combine pseudo-gradients: allgather (every group fetches every payload: "
         "P up, (M-1) P down per round), two_phase (each group reduces 1/M of the fragment and "
         "re-encodes it: about P up, 2(M-1)/M P down, one more hop and one more quantization), "
-        "auto (two_phase from 3 groups on, where it moves fewer bytes)",
+        "auto (two_phase from 3 groups on, where it moves fewer bytes, except with the sparse "
+        "codec, whose top-k re-encode of the mean loses too much)",
     )
 
 

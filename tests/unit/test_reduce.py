@@ -43,6 +43,8 @@ def test_auto_picks_two_phase_from_three_groups_where_it_moves_fewer_bytes():
         "two_phase",
     ]
     assert resolve_reduce("two_phase", 2) == "two_phase"
+    assert resolve_reduce("auto", 8, "sparse") == "allgather"  # top-k re-encode loses too much
+    assert resolve_reduce("two_phase", 8, "sparse") == "two_phase"  # asked for: granted
     for m in (2, 3, 4, 8):
         ag, tp = bytes_per_round("allgather", m, 1.0), bytes_per_round("two_phase", m, 1.0)
         # the formula auto is built on: equal at 2, two_phase strictly fewer from 3

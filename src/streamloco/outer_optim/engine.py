@@ -175,7 +175,7 @@ class StreamingEngine:
         self.error: list[torch.Tensor | None] = [None] * options.fragments
         self.step_count = 0
         self.in_flight: dict[int, _InFlight] = {}
-        self.reduce = resolve_reduce(options.reduce, transport.num_groups)
+        self.reduce = resolve_reduce(options.reduce, transport.num_groups, options.codec)
         # two_phase: each owner's [lo, hi) within this rank's shard of each fragment
         m = transport.num_groups
         self.owned = [shard_slices(hi - lo, m, block) for lo, hi in self.shards]

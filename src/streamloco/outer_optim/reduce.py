@@ -47,17 +47,21 @@ class ReducedError(ValueError):
     """A reduced-shard envelope is malformed, truncated or made for another number of groups."""
 
 
-def resolve_reduce(mode: str, num_groups: int) -> str:
-    """The exchange a run uses: "auto" picks two_phase when it moves strictly fewer bytes.
+def resolve_reduce(mode: str, num_groups: int, codec: str = "e3m0") -> str:
+    """The exchange a run uses: "auto" picks two_phase when it moves strictly fewer bytes, for a
+    dense codec.
 
     Per group and round: all-gather M P (P up, (M-1) P down); two-phase about (3M-2)/M P
     (`bytes_per_round`). They tie at M = 2 (2 P each), where the two-phase reduce would only
-    add a hop and a second quantization, so auto takes two_phase from M = 3 on.
+    add a hop and a second quantization, so auto takes two_phase from M = 3 on. Not for the
+    sparse codec: the mean of M top-k payloads has up to M k values per chunk and its top-k
+    re-encode drops most of them (0.70 relative error at M=4, +4 % eval loss in
+    bench_reduce_bytes.py), while its payloads are small enough that M of them cost little.
     """
     if mode not in REDUCES:
         raise ValueError(f"reduce: {mode!r} is not one of {', '.join(REDUCES)}")
     if mode == "auto":
-        return "two_phase" if num_groups >= 3 else "allgather"
+        return "two_phase" if num_groups >= 3 and codec != "sparse" else "allgather"
     return mode
 
 
