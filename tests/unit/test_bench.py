@@ -311,3 +311,32 @@ def test_max_cpus_per_rank_caps_one_rank_runs_only(repo_root, tmp_path):
     bench.max_cpus_per_rank = 0.0  # no cap: the one-rank run takes both cores
     m1 = run_config(base, bench, "m1", specs["m1-diloco-h30"].changes, tmp_path)
     assert m1.cluster.cpus_per_rank == 2.0
+
+
+def test_one_group_run_has_no_bytes_ratio_against_ddp():
+    """DDP across one island moves no bytes: the one-group row gets no ratio, not '0x'."""
+    from streamloco.bench.run import _compare_with_ddp
+
+    rows = [
+        {"method": "ddp", "groups": 1, "final_eval_loss": 4.0},
+        {
+            "method": "diloco",
+            "groups": 1,
+            "final_eval_loss": 3.9,
+            "ratio_vs_ddp_bf16": 0.0,
+            "ratio_vs_ddp_fp32": 0.0,
+        },
+        {
+            "method": "diloco",
+            "groups": 2,
+            "final_eval_loss": 4.2,
+            "ratio_vs_ddp_bf16": 15.0,
+            "ratio_vs_ddp_fp32": 30.0,
+        },
+    ]
+    _compare_with_ddp(rows, params=1000)
+    assert rows[0]["baseline_for"] == [1, 2]
+    assert rows[0]["ddp_bytes_per_step"]["1"]["bf16"] == 0
+    assert rows[1]["ratio_vs_ddp_bf16"] is None and rows[1]["ratio_vs_ddp_fp32"] is None
+    assert rows[2]["ratio_vs_ddp_bf16"] == 15.0
+    assert rows[1]["loss_gap_vs_ddp"] == pytest.approx(-0.025)

@@ -292,6 +292,9 @@ def _compare_with_ddp(rows: list[dict], params: int) -> None:
     for r in rows:
         if r["method"] != "ddp":
             r["loss_gap_vs_ddp"] = r["final_eval_loss"] / ddp["final_eval_loss"] - 1
+        if r["groups"] == 1 and r["method"] != "ddp":
+            # one group: DDP across one island moves nothing, so "x fewer" has no meaning
+            r["ratio_vs_ddp_bf16"] = r["ratio_vs_ddp_fp32"] = None
 
 
 def targets(rows: list[dict], bench: BenchConfig) -> list[dict]:
