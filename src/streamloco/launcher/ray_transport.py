@@ -39,7 +39,6 @@ this assumes synchronized clocks, which only matters when simulating).
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -55,6 +54,7 @@ from streamloco.outer_optim.transport import (
     Key,
     LinkClock,
     LinkModel,
+    ThreadedHandle,
     Transport,
     TransportError,
     sleep_until,
@@ -298,7 +298,7 @@ def get_coordinator(name: str, namespace: str | None = None):
     return ray.get_actor(name, namespace=namespace)
 
 
-class RayHandle(Handle):
+class RayHandle(ThreadedHandle):
     def __init__(
         self,
         transport: RayTransport,
@@ -311,38 +311,23 @@ class RayHandle(Handle):
         self._transport, self._key, self._payload = transport, key, payload
         self._lane = transport.rank if lane is None else lane
         self._submitted, self._collected = submitted, collected
-        self._result: dict[int, bytes] | None = None
-        self._error: BaseException | None = None
         self.ready_at: float | None = None  # wall time the simulated transfer completed
         # The round is received in the background as soon as it closes (collect, fetch the
         # others' payloads, agree on them with the coordinator) while training goes on; `wait`
         # only joins. Agreement then never waits for a peer's own apply step.
-        self._thread = threading.Thread(target=self._receive, name=f"round-{key}", daemon=True)
-        self._thread.start()
+        self._start(f"round-{key}")
 
-    def _receive(self) -> None:
-        try:
-            # unbounded here: the coordinator bounds the collect (collect_timeout_s), an abort
-            # ends it, and the caller's wait(timeout) bounds how long training waits
-            self._result = self._complete(None)
-        except BaseException as e:  # handed to the caller of wait()
-            self._error = e
+    def _produce(self) -> dict[int, bytes]:
+        # unbounded here: the coordinator bounds the collect (collect_timeout_s), an abort
+        # ends it, and the caller's wait(timeout) bounds how long training waits
+        return self._complete(None)
 
-    def done(self) -> bool:
-        return not self._thread.is_alive()
-
-    def wait(self, timeout: float | None = None) -> dict[int, bytes]:
-        self._thread.join(timeout)
-        if self._thread.is_alive():  # still receiving: a later wait can still succeed
-            t = self._transport
-            raise TransportError(
-                f"round {self._key} (rank {t.rank}, group {t.group}): timed out after "
-                f"{timeout}s waiting for groups {self._missing(5.0)}"
-            )
-        if self._error is not None:
-            raise self._error
-        assert self._result is not None
-        return self._result
+    def _timeout_message(self, timeout: float | None) -> str:
+        t = self._transport  # still receiving: a later wait can still succeed
+        return (
+            f"round {self._key} (rank {t.rank}, group {t.group}): timed out after "
+            f"{timeout}s waiting for groups {self._missing(5.0)}"
+        )
 
     def _missing(self, timeout: float) -> list[int] | str:
         t = self._transport

@@ -93,7 +93,43 @@ class Transport(ABC):
 Reducer = Callable[[dict[int, bytes]], bytes]
 
 
-class TwoPhaseHandle(Handle):
+class ThreadedHandle(Handle):
+    """A round completed by a background thread from the send on: `_produce()` runs there, and
+    `wait` only joins it. A failure in the thread is raised by `wait`; a join that times out
+    raises `TransportError` with `_timeout_message` (a later wait can still succeed)."""
+
+    def _start(self, name: str) -> None:
+        self._result: dict[int, bytes] | None = None
+        self._error: BaseException | None = None
+        self._thread = threading.Thread(target=self._run, name=name, daemon=True)
+        self._thread.start()
+
+    @abstractmethod
+    def _produce(self) -> dict[int, bytes]: ...
+
+    @abstractmethod
+    def _timeout_message(self, timeout: float | None) -> str: ...
+
+    def _run(self) -> None:
+        try:
+            self._result = self._produce()
+        except BaseException as e:  # handed to the caller of wait()
+            self._error = e
+
+    def done(self) -> bool:
+        return not self._thread.is_alive()
+
+    def wait(self, timeout: float | None = None) -> dict[int, bytes]:
+        self._thread.join(timeout)
+        if self._thread.is_alive():
+            raise TransportError(self._timeout_message(timeout))
+        if self._error is not None:
+            raise self._error
+        assert self._result is not None
+        return self._result
+
+
+class TwoPhaseHandle(ThreadedHandle):
     """Scatter, reduce, publish and gather in a background thread (see the module docstring).
 
     `timeout` bounds each of the two waits of the thread; `wait(timeout)` bounds the caller's.
@@ -110,34 +146,18 @@ class TwoPhaseHandle(Handle):
         self._key, self._timeout = key, timeout
         self._transport, self._reduce = transport, reduce
         self._scatter = transport.scatter(key, shards)
-        self._result: dict[int, bytes] | None = None
-        self._error: BaseException | None = None
-        self._thread = threading.Thread(target=self._run, name=f"reduce-{key}", daemon=True)
-        self._thread.start()
+        self._start(f"reduce-{key}")
 
-    def _run(self) -> None:
-        try:
-            contributions = self._scatter.wait(self._timeout)
-            reduced = self._reduce(contributions)
-            gather = self._transport.exchange_reduced(self._key, reduced)
-            self._result = gather.wait(self._timeout)
-        except BaseException as e:  # handed to the caller of wait()
-            self._error = e
+    def _produce(self) -> dict[int, bytes]:
+        contributions = self._scatter.wait(self._timeout)
+        reduced = self._reduce(contributions)
+        return self._transport.exchange_reduced(self._key, reduced).wait(self._timeout)
 
-    def done(self) -> bool:
-        return not self._thread.is_alive()
-
-    def wait(self, timeout: float | None = None) -> dict[int, bytes]:
-        self._thread.join(timeout)
-        if self._thread.is_alive():
-            raise TransportError(
-                f"two-phase round {self._key} (group {self._transport.group}): not complete "
-                f"after {timeout}s"
-            )
-        if self._error is not None:
-            raise self._error
-        assert self._result is not None
-        return self._result
+    def _timeout_message(self, timeout: float | None) -> str:
+        return (
+            f"two-phase round {self._key} (group {self._transport.group}): not complete "
+            f"after {timeout}s"
+        )
 
 
 class DrillTransport(Transport):
